@@ -1,0 +1,180 @@
+"""The store schema of one trial, and its writer. This is the one place those names are defined.
+
+One Zarr v3 store per trial. The skeleton (every variable at length 0, coords, attrs) is laid down by xarray, so
+any xarray reads it; rows are then appended with zarr in whole blocks as training goes. The store attribute
+`complete` is set true only after the last write: it is the completion marker every layer above relies on.
+"""
+from __future__ import annotations
+
+import subprocess
+import warnings
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from ihmodel.config import TrialConfig, to_yaml, trial_id
+
+EVALUATORS = ("fsl_train", "fsl_val_rl", "fsl_train_valex", "fsl_test_class")
+
+
+@dataclass(frozen=True)
+class Variable:
+    dims: tuple[str, ...]
+    description: str
+    units: str | None = None
+
+
+STEP_VARIABLES = {
+    "loss": Variable(("step",), "training cross-entropy of the step's batch at the query", "nats"),
+    "acc": Variable(("step",), "training accuracy of the step's batch"),
+    "grad_norm": Variable(("step",), "global L2 norm of the step's gradient"),
+    "prev_token_score": Variable(
+        ("step", "layer", "head"), "attention from label tokens to the exemplar just before them, averaged"),
+    "induction_score": Variable(
+        ("step", "layer", "head"), "attention from the query to the correct label token minus to the other label"),
+    "pattern_entropy": Variable(
+        ("step", "layer", "head"), "entropy of the attention pattern, averaged over query positions 1..n", "nats"),
+    "head_out_norm": Variable(("step", "layer", "head"), "L2 norm of the head's output in the residual, averaged"),
+}
+EVAL_VARIABLES = {
+    "eval_loss": Variable(("eval_step", "evaluator"), "cross-entropy over the evaluator's fixed sequences", "nats"),
+    "eval_acc": Variable(("eval_step", "evaluator"), "accuracy, argmax over all labels"),
+    "eval_icl_acc": Variable(("eval_step", "evaluator"), "accuracy with labels absent from the context masked"),
+    "eval_icl_prob": Variable(
+        ("eval_step", "evaluator"), "probability of the correct label with absent labels masked"),
+    "eval_context_prob": Variable(("eval_step", "evaluator"), "full-softmax mass on the two context labels"),
+    "eval_induction_score": Variable(
+        ("eval_step", "layer", "head"), "induction score on the induction set (eval.induction_set)"),
+}
+VARIABLES = {**STEP_VARIABLES, **EVAL_VARIABLES}
+
+# Which config switch (TrialConfig.stats) records which variables.
+STAT_VARIABLES = {name: (name,) for name in STEP_VARIABLES} | {
+    "eval": ("eval_loss", "eval_acc", "eval_icl_acc", "eval_icl_prob", "eval_context_prob"),
+    "eval_induction_score": ("eval_induction_score",),
+}
+
+
+def recorded_variables(config: TrialConfig) -> list[str]:
+    return [var for stat in config.stats for var in STAT_VARIABLES[stat]]
+
+
+def scalar_coords(config: TrialConfig) -> dict[str, object]:
+    """The trial's config scalars, coordinates of every variable (they become dims once trials are combined)."""
+    data = config.data
+    return {
+        "trial_id": trial_id(config),
+        "seed_init": config.seed,
+        "seed_data": config.data_seed,
+        "seed_eval": config.eval_seed,
+        "clamp_set": config.clamp.name,
+        "n_train_classes": data.n_train_classes,
+        "n_labels": data.n_labels,
+        "burstiness": data.burstiness,
+        "context_len": data.context_len,
+        "zipf_exponent": data.zipf_exponent,
+        "noise": data.noise,
+        "batch_size": config.train.batch_size,
+        "lr": config.train.lr,
+    }
+
+
+def checkpoint_path(store_path: str | Path) -> Path:
+    """The trial's checkpoint file, beside its store (a trial writes only these two)."""
+    store_path = Path(store_path)
+    return store_path.with_name(store_path.name.removesuffix(".zarr") + ".ckpt.pt")
+
+
+def is_complete(store_path: str | Path) -> bool:
+    try:
+        return bool(zarr.open_group(str(store_path), mode="r").attrs.get("complete", False))
+    except (FileNotFoundError, ValueError, zarr.errors.GroupNotFoundError, OSError):
+        return False
+
+
+def package_version() -> str:
+    try:
+        return version("icsweep")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def git_sha() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class StoreWriter:
+    """Appends blocks of rows to a trial's store; `create` lays the skeleton, `open` continues one."""
+
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+        self.group = zarr.open_group(self.path, mode="r+")
+
+    @classmethod
+    def create(cls, path: str | Path, config: TrialConfig) -> StoreWriter:
+        n_layers, n_heads = config.model.n_layers, config.model.n_heads
+        chunk = config.train.flush_every
+        sizes = {"step": 0, "eval_step": 0, "layer": n_layers, "head": n_heads, "evaluator": len(EVALUATORS)}
+        data_vars = {}
+        for name in recorded_variables(config):
+            var = VARIABLES[name]
+            attrs = {"description": var.description} | ({"units": var.units} if var.units else {})
+            data_vars[name] = (var.dims, np.zeros([sizes[d] for d in var.dims], np.float32), attrs)
+        coords = {
+            "step": ("step", np.zeros(0, np.int64), {"description": "optimizer updates done (0 = init)"}),
+            "sequences": ("step", np.zeros(0, np.int64), {"description": "training sequences seen before the step"}),
+            "eval_step": ("eval_step", np.zeros(0, np.int64), {"description": "optimizer updates done at the eval"}),
+            "eval_sequences": ("eval_step", np.zeros(0, np.int64), {"description": "sequences seen at the eval"}),
+            "layer": np.arange(n_layers),
+            "head": np.arange(n_heads),
+            "evaluator": np.array(EVALUATORS, dtype=object),
+        }
+        for name, value in scalar_coords(config).items():
+            coords[name] = np.array(value, dtype=object) if isinstance(value, str) else value
+        attrs = {
+            "config_yaml": to_yaml(config),
+            "icsweep_version": package_version(),
+            "git_sha": git_sha(),
+            "complete": False,
+        }
+        ds = xr.Dataset(data_vars, coords=coords, attrs=attrs)
+        encoding = {name: {"chunks": (chunk,) + tuple(sizes[d] for d in ds[name].dims[1:])}
+                    for name in list(ds.data_vars) + ["step", "sequences", "eval_step", "eval_sequences"]}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=UserWarning)
+            ds.to_zarr(str(path), mode="w", zarr_format=3, consolidated=False, encoding=encoding)
+        return cls(path)
+
+    def length(self, dim: str) -> int:
+        return self.group[dim].shape[0]
+
+    def append(self, dim: str, index: np.ndarray, extra_coord: np.ndarray, rows: dict[str, np.ndarray]):
+        """Append rows along `dim` ("step" or "eval_step"): its index coord, its sequences coord, the variables."""
+        start = self.length(dim)
+        stop = start + len(index)
+        coord_name = "sequences" if dim == "step" else "eval_sequences"
+        for name, values in {dim: index, coord_name: extra_coord, **rows}.items():
+            array = self.group[name]
+            array.resize((stop,) + array.shape[1:])
+            array[start:stop] = values
+
+    def truncate(self, n_steps: int, n_evals: int):
+        """Drop rows written after the checkpoint being resumed from, so a resumed run appends where it left."""
+        for name, array in self.group.arrays():
+            dims = array.metadata.dimension_names or ()
+            if dims and dims[0] in ("step", "eval_step"):
+                keep = n_steps if dims[0] == "step" else n_evals
+                if array.shape[0] > keep:
+                    array.resize((keep,) + array.shape[1:])
+
+    def mark_complete(self):
+        self.group.attrs["complete"] = True
