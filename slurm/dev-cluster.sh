@@ -35,11 +35,13 @@ MYSQL_SOCK=$D/db/mysqld.sock
 export SLURM_CONF=$D/slurm.conf
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH
 
+# Exit status: 0 ok, 1 a daemon or the cluster failed, 2 not root, 3 the packages cannot be installed.
 die() { echo "$PROG: $*" >&2; exit 1; }
+die_with() { local code=$1; shift; echo "$PROG: $*" >&2; exit "$code"; }
 say() { echo "$PROG: $*"; }
 
 need_root() {
-    [[ $(id -u) == 0 ]] || die "dev-cluster.sh needs root to install packages and start daemons;" \
+    [[ $(id -u) == 0 ]] || die_with 2 "dev-cluster.sh needs root to install packages and start daemons;" \
         "run it as root or use an existing cluster via SLURM_CONF"
 }
 
@@ -143,7 +145,7 @@ ensure_installed() {
         command -v "$b" >/dev/null 2>&1 || missing+=("$b")
     done
     ((${#missing[@]} == 0)) && return 0
-    command -v apt-get >/dev/null 2>&1 || die "missing ${missing[*]} and there is no apt-get to install" \
+    command -v apt-get >/dev/null 2>&1 || die_with 3 "missing ${missing[*]} and there is no apt-get to install" \
         "${PACKAGES[*]}; install SLURM, munge and mariadb by hand or use an existing cluster via SLURM_CONF"
     mkdir -p "$D/log"
     local alog=$D/log/apt.log
@@ -168,10 +170,10 @@ ensure_installed() {
         ok=1
     fi
     ((made_policy)) && rm -f /usr/sbin/policy-rc.d
-    ((ok)) || die "apt-get could not install ${PACKAGES[*]} (last line: $(tail -n 1 "$alog" | cut -c1-160));" \
+    ((ok)) || die_with 3 "apt-get could not install ${PACKAGES[*]} (last line: $(tail -n 1 "$alog" | cut -c1-160));" \
         "see $alog, install them by hand, or use an existing cluster via SLURM_CONF"
     for b in "${NEEDED_BINARIES[@]}"; do
-        command -v "$b" >/dev/null 2>&1 || die "$b is still missing after installing ${PACKAGES[*]};" \
+        command -v "$b" >/dev/null 2>&1 || die_with 3 "$b is still missing after installing ${PACKAGES[*]};" \
             "install the package that provides it or use an existing cluster via SLURM_CONF"
     done
 }
@@ -263,6 +265,8 @@ MpiDefault=none
 ProctrackType=$proctrack
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/linux
+# Schedule often (a tiny queue): a requeued job starts soon after its 10 s hold, a submitted one at once.
+SchedulerParameters=sched_interval=2,bf_interval=5,batch_sched_delay=0
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU_Memory
 DefMemPerCPU=$DEF_MEM_PER_CPU
