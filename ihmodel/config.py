@@ -29,7 +29,6 @@ class DataConfig:
     zipf_exponent: float = 0.0  # class distribution p(c) ~ (rank+1)^-a; 0 = uniform
     noise: float = 0.0  # std of Gaussian noise added to every exemplar vector (within-class noise)
     seed_split: int = 20  # permutes the label pairs before the train/val split (the reference code's 20)
-    seed_classes: int = 0  # shuffles the class order of the features file before the class split
     # Synthetic features only: shape like the paper's Omniglot/ResNet18 file.
     synthetic_classes: int = 1623
     synthetic_exemplars: int = 5
@@ -47,6 +46,8 @@ class DataConfig:
             )
         if not 0 < self.val_pair_fraction < 1:
             raise ValueError(f"data.val_pair_fraction={self.val_pair_fraction}; must lie in (0, 1)")
+        if self.features is None and self.n_train_classes + self.n_test_classes > self.synthetic_classes:
+            raise ValueError(f"data.n_train_classes + data.n_test_classes exceed data.synthetic_classes={self.synthetic_classes}")
         if self.n_train_classes < 2:
             raise ValueError(f"data.n_train_classes={self.n_train_classes}; needs at least 2 (query + distractor)")
 

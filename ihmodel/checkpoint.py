@@ -1,0 +1,52 @@
+"""Checkpoints: everything a trial needs to continue exactly where it stopped.
+
+Model, optimizer, the data generator's state, the step reached and how many rows the store held then. Written to
+a temporary file and renamed, so a kill during the write leaves the previous checkpoint intact.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from ihmodel.config import TrialConfig, from_yaml, to_yaml, trial_id
+from ihmodel.model import Transformer
+
+
+def save_checkpoint(path: Path, config: TrialConfig, model: Transformer, optimizer: torch.optim.Optimizer,
+                    generator: torch.Generator, step: int, n_evals: int):
+    state = {
+        "config_yaml": to_yaml(config),
+        "trial_id": trial_id(config),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "generator": generator.get_state(),
+        "step": step,  # optimizer updates done; the store holds exactly this many step rows
+        "n_evals": n_evals,  # eval rows in the store
+        "model_shape": {"d_in": model.embed_exemplar.in_features, "d_vocab": model.d_vocab, "n_ctx": model.n_ctx},
+    }
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, map_location) -> dict:
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as error:  # a torn or foreign file: name it and the fix
+        raise ValueError(f"checkpoint {path} is unreadable ({type(error).__name__}: {error}); delete it to restart "
+                         f"the trial from scratch") from None
+
+
+def load_model(path: str | Path, device) -> Transformer:
+    """The trained model of another trial's checkpoint (for grafts and analysis)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found; point clamp checkpoint at a trial's .ckpt.pt")
+    state = load_checkpoint(path, map_location=device)
+    config = from_yaml(state["config_yaml"])
+    shape = state["model_shape"]
+    model = Transformer(config.model, shape["d_in"], shape["d_vocab"], shape["n_ctx"], seed=config.seed)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval()

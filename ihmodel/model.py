@@ -1,0 +1,183 @@
+"""The paper's transformer: 2 layers x 8 heads, d_model 64, attention-only, pre-LayerNorm, interleaved RoPE.
+
+Every intermediate passes through a named `HookPoint` (TransformerLens names, STYLE.md), so clamps and statistics
+are hook functions `fn(x, *, hook) -> Tensor | None` added with `model.hooks([...])` and removed after. The
+default forward runs no hook function at all.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ihmodel.config import ModelConfig
+
+HookFn = Callable[..., Tensor | None]
+
+# JAX's lecun_normal draws from a normal truncated at +-2 sigma and rescales so the variance is exactly 1/fan_in.
+TRUNCATED_STD_CORRECTION = 0.87962566103423978
+
+
+class HookPoint(nn.Module):
+    """Identity, unless hook functions are attached: each sees the value and may return a replacement."""
+
+    def __init__(self):
+        super().__init__()
+        self.name: str = ""
+        self.fns: list[HookFn] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        for fn in self.fns:
+            out = fn(x, hook=self)
+            if out is not None:
+                x = out
+        return x
+
+
+def lecun_normal_(weight: Tensor, generator: torch.Generator) -> Tensor:
+    std = math.sqrt(1.0 / weight.shape[1]) / TRUNCATED_STD_CORRECTION
+    return nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std, generator=generator)
+
+
+def rope_tables(n_ctx: int, d_head: int, base: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Rotary embedding on interleaved pairs (2i, 2i+1) at angle p * base^(-2i/d_head), written as
+    x * cos + (x @ swap) * sin, where swap maps (a, b) -> (-b, a) per pair: elementwise ops only, no stacking."""
+    angle = torch.arange(n_ctx)[:, None] * base ** (-torch.arange(0, d_head, 2) / d_head)  # [pos, d_head/2]
+    cos = angle.cos().repeat_interleave(2, dim=-1)[:, None, :]  # [pos, 1, d_head]
+    sin = angle.sin().repeat_interleave(2, dim=-1)[:, None, :]
+    swap = torch.zeros(d_head, d_head)
+    swap[1::2, 0::2] = -torch.eye(d_head // 2)  # out[2i] = -x[2i+1]
+    swap[0::2, 1::2] = torch.eye(d_head // 2)  # out[2i+1] = x[2i]
+    return cos, sin, swap
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, n_ctx: int):
+        super().__init__()
+        self.cfg = cfg
+        inner = cfg.n_heads * cfg.d_head
+        self.W_QKV = nn.Linear(cfg.d_model, 3 * inner, bias=False)  # head h = dims d_head*h.. of each third
+        self.W_O = nn.Linear(inner, cfg.d_model, bias=False)
+        for name in ("q", "k", "v", "rot_q", "rot_k", "attn_scores", "pattern", "z", "result"):
+            setattr(self, f"hook_{name}", HookPoint())
+        if cfg.positional == "rope":
+            for name, table in zip(("rope_cos", "rope_sin", "rope_swap"), rope_tables(n_ctx, cfg.d_head, cfg.rope_base)):
+                self.register_buffer(name, table, persistent=False)
+        causal = torch.ones(n_ctx, n_ctx, dtype=torch.bool).tril()  # a token sees itself and the past
+        self.register_buffer("mask_bias", torch.zeros(n_ctx, n_ctx).masked_fill(~causal, float("-inf")),
+                             persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:  # x: [batch, pos, d_model]
+        # Small tensors make this overhead-bound: few ops, batched matmuls over [batch, head, pos, d_head] views,
+        # and a hand-written softmax (the library kernel is slow for rows of 5 on CPU).
+        batch, pos, _ = x.shape
+        cfg = self.cfg
+        q, k, v = self.W_QKV(x).view(batch, pos, 3, cfg.n_heads, cfg.d_head).unbind(2)  # [batch, pos, head, d_head]
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        if cfg.positional == "rope":
+            cos, sin = self.rope_cos[:pos], self.rope_sin[:pos]
+            q = self.hook_rot_q(q * cos + (q @ self.rope_swap) * sin)
+            k = self.hook_rot_k(k * cos + (k @ self.rope_swap) * sin)
+        scores = (q.transpose(1, 2) @ k.permute(0, 2, 3, 1)) * (cfg.d_head ** -0.5)  # [batch, head, query, key]
+        scores = self.hook_attn_scores(scores + self.mask_bias[:pos, :pos])
+        exp = (scores - scores.amax(dim=-1, keepdim=True)).exp()
+        pattern = self.hook_pattern(exp / exp.sum(dim=-1, keepdim=True))  # [batch, head, query_pos, key_pos]
+        z = self.hook_z((pattern @ v.transpose(1, 2)).transpose(1, 2))  # [batch, pos, head, d_head]
+        if cfg.use_hook_result:
+            W_O = self.W_O.weight.T.reshape(cfg.n_heads, cfg.d_head, cfg.d_model)
+            return self.hook_result(torch.einsum("bqhd,hdm->bqhm", z, W_O)).sum(dim=2)
+        return self.W_O(z.reshape(batch, pos, -1))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, n_ctx: int):
+        super().__init__()
+        self.hook_resid_pre = HookPoint()
+        self.ln1 = nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps)
+        self.attn = Attention(cfg, n_ctx)
+        self.hook_attn_out = HookPoint()
+        if cfg.d_mlp is not None:
+            self.ln2 = nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps)
+            self.mlp = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_mlp), nn.GELU(), nn.Linear(cfg.d_mlp, cfg.d_model))
+            self.hook_mlp_out = HookPoint()
+        self.hook_resid_post = HookPoint()
+
+    def forward(self, resid: Tensor) -> Tensor:
+        resid = self.hook_resid_pre(resid)
+        resid = resid + self.hook_attn_out(self.attn(self.ln1(resid)))
+        if hasattr(self, "mlp"):
+            resid = resid + self.hook_mlp_out(self.mlp(self.ln2(resid)))
+        return self.hook_resid_post(resid)
+
+
+class Transformer(nn.Module):
+    """Tokens [E(x1), L(y1), E(x2), L(y2), ..., E(xq)] -> logits over the labels at the query position."""
+
+    def __init__(self, cfg: ModelConfig, d_in: int, d_vocab: int, n_ctx: int, seed: int):
+        super().__init__()
+        self.cfg, self.d_vocab, self.n_ctx = cfg, d_vocab, n_ctx
+        self.embed_exemplar = nn.Linear(d_in, cfg.d_model)
+        self.embed_label = nn.Parameter(torch.empty(d_vocab, cfg.d_model))  # one-hot(L) -> d_model, no bias
+        self.hook_embed = HookPoint()
+        if cfg.positional == "learned":
+            self.pos_embed = nn.Parameter(torch.empty(n_ctx, cfg.d_model))
+            self.hook_pos_embed = HookPoint()
+        self.blocks = nn.ModuleList(Block(cfg, n_ctx) for _ in range(cfg.n_layers))
+        self.ln_final = nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps)
+        self.unembed = nn.Linear(cfg.d_model, d_vocab)
+        self.hook_logits = HookPoint()
+        self.hook_dict: dict[str, HookPoint] = {}
+        for name, module in self.named_modules():
+            if isinstance(module, HookPoint):
+                module.name = name
+                self.hook_dict[name] = module
+        self.reset_parameters(torch.Generator().manual_seed(seed))
+
+    def reset_parameters(self, generator: torch.Generator):
+        """The paper's init: lecun-normal linears, zero biases, label embedding 0.02 x N(0,1) truncated at +-2."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                lecun_normal_(module.weight, generator)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        nn.init.trunc_normal_(self.embed_label, std=0.02, a=-0.04, b=0.04, generator=generator)
+        if self.cfg.positional == "learned":
+            nn.init.trunc_normal_(self.pos_embed, std=0.02, a=-0.04, b=0.04, generator=generator)
+
+    def forward(self, x: Tensor, context_labels: Tensor) -> Tensor:
+        """x: [batch, item, d_in] (query last); context_labels: [batch, item-1] -> logits [batch, d_vocab]."""
+        exemplars = self.embed_exemplar(x)  # [batch, item, d_model]
+        labels = self.embed_label[context_labels]  # [batch, item-1, d_model]
+        batch, n_context, d_model = labels.shape
+        pairs = torch.stack([exemplars[:, :-1], labels], dim=2).reshape(batch, 2 * n_context, d_model)
+        resid = self.hook_embed(torch.cat([pairs, exemplars[:, -1:]], dim=1))  # [batch, pos, d_model]
+        if self.cfg.positional == "learned":
+            resid = resid + self.hook_pos_embed(self.pos_embed[: resid.shape[1]])
+        for block in self.blocks:
+            resid = block(resid)
+        return self.hook_logits(self.unembed(self.ln_final(resid[:, -1])))
+
+    def hook_names(self) -> list[str]:
+        names = list(self.hook_dict)
+        if not self.cfg.use_hook_result:  # present as a module, but never called
+            names = [n for n in names if not n.endswith("attn.hook_result")]
+        if self.cfg.positional != "rope":
+            names = [n for n in names if not n.endswith(("hook_rot_q", "hook_rot_k"))]
+        return names
+
+    @contextmanager
+    def hooks(self, fwd_hooks: Iterable[tuple[str, HookFn]]) -> Iterator[Transformer]:
+        """Attach (hook name, fn) pairs for the duration of the block, in order; always removed after."""
+        attached = []
+        try:
+            for name, fn in fwd_hooks:
+                self.hook_dict[name].fns.append(fn)
+                attached.append((name, fn))
+            yield self
+        finally:
+            for name, fn in attached:
+                self.hook_dict[name].fns.remove(fn)

@@ -1,0 +1,153 @@
+"""Statistics from activations the forward pass already made, computed on the device, flushed in blocks.
+
+Per step (the training batch's own main pass): loss, acc, grad_norm and, per layer x head, prev_token_score,
+induction_score, pattern_entropy, head_out_norm. Per evaluation: loss, accuracies and probabilities per evaluator,
+and the induction score per head on the induction set. Every per-head statistic is one batched tensor op over
+[layer, batch, head, ...]: no Python loop over heads, no host sync per step.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ihmodel.data import Batch
+from ihmodel.model import Transformer
+from ihmodel.store import STEP_VARIABLES
+
+HEAD_STATS = ("prev_token_score", "induction_score", "pattern_entropy", "head_out_norm")
+
+
+class Collector:
+    """Observer hooks that keep each layer's pattern and z from the main pass (references, no copies)."""
+
+    def __init__(self, model: Transformer, need_z: bool):
+        self.patterns: list[Tensor | None] = [None] * model.cfg.n_layers
+        self.zs: list[Tensor | None] = [None] * model.cfg.n_layers
+        self.hooks = []
+        for layer in range(model.cfg.n_layers):
+            self.hooks.append((f"blocks.{layer}.attn.hook_pattern", self._keep(self.patterns, layer)))
+            if need_z:
+                self.hooks.append((f"blocks.{layer}.attn.hook_z", self._keep(self.zs, layer)))
+
+    @staticmethod
+    def _keep(slots: list, layer: int):
+        def keep(x: Tensor, hook) -> None:
+            slots[layer] = x
+
+        return keep
+
+
+def prev_token_score(pattern: Tensor) -> Tensor:
+    """pattern [layer, batch, head, query, key] -> [layer, head]: label tokens (1, 3, ...) to the item before."""
+    labels = torch.arange(1, pattern.shape[-1] - 1, 2, device=pattern.device)
+    return pattern[..., labels, labels - 1].mean(dim=(1, 3))
+
+
+def induction_score(pattern: Tensor, match: Tensor) -> Tensor:
+    """[layer, head]: attention from the query to the label tokens of its class minus to the other labels."""
+    sign = match.to(pattern.dtype) * 2 - 1  # [batch, item]: +1 correct label token, -1 other
+    return (pattern[..., -1, 1::2] * sign[None, :, None, :]).sum(-1).mean(dim=1)
+
+
+def pattern_entropy(pattern: Tensor) -> Tensor:
+    """[layer, head]: entropy of each query row 1..n (row 0 can only see itself), averaged."""
+    return torch.special.entr(pattern[..., 1:, :]).sum(-1).mean(dim=(1, 3))
+
+
+def head_out_norm(z: Tensor, W_O: Tensor) -> Tensor:
+    """z [layer, batch, pos, head, d_head], W_O [layer, head, d_head, d_model] -> [layer, head]: mean L2 norm of each
+    head's write into the residual stream."""
+    return torch.einsum("lbphd,lhdm->lbphm", z, W_O).norm(dim=-1).mean(dim=(1, 2))
+
+
+def stacked_W_O(model: Transformer) -> Tensor:
+    cfg = model.cfg
+    return torch.stack([b.attn.W_O.weight.T.reshape(cfg.n_heads, cfg.d_head, cfg.d_model) for b in model.blocks])
+
+
+class StepStats:
+    """Computes each step's row of recorded statistics into a device buffer of `block` rows."""
+
+    def __init__(self, model: Transformer, names: list[str], block: int, device):
+        self.model = model
+        self.names = [n for n in STEP_VARIABLES if n in names]
+        self.head_names = [n for n in self.names if n in HEAD_STATS]
+        self.collector = Collector(model, need_z="head_out_norm" in self.names)
+        n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+        self.widths = {n: (n_layers * n_heads if n in HEAD_STATS else 1) for n in self.names}
+        self.buffer = torch.empty(block, sum(self.widths.values()), device=device)
+        self.rows = 0
+
+    @property
+    def observers(self):
+        return self.collector.hooks if self.head_names else []
+
+    @torch.no_grad()
+    def record(self, batch: Batch, logits: Tensor, loss: Tensor, grad_norm: Tensor | None):
+        values = {"loss": loss.detach(), "acc": (logits.argmax(-1) == batch.query_label).float().mean(),
+                  "grad_norm": grad_norm}
+        if self.head_names:
+            pattern = torch.stack(self.collector.patterns)  # [layer, batch, head, query, key]
+            head_values = {
+                "prev_token_score": lambda: prev_token_score(pattern),
+                "induction_score": lambda: induction_score(pattern, batch.match),
+                "pattern_entropy": lambda: pattern_entropy(pattern),
+                "head_out_norm": lambda: head_out_norm(torch.stack(self.collector.zs), stacked_W_O(self.model)),
+            }
+            values.update({n: head_values[n]() for n in self.head_names})
+        self.buffer[self.rows] = torch.cat([values[n].reshape(-1) for n in self.names])
+        self.rows += 1
+
+    @property
+    def full(self) -> bool:
+        return self.rows == len(self.buffer)
+
+    def drain(self) -> dict:
+        """The rows so far as host arrays shaped for the store; the buffer starts over."""
+        block = self.buffer[: self.rows].cpu().numpy()
+        self.rows = 0
+        n_layers, n_heads = self.model.cfg.n_layers, self.model.cfg.n_heads
+        out, start = {}, 0
+        for name in self.names:
+            width = self.widths[name]
+            columns = block[:, start:start + width]
+            out[name] = columns.reshape(-1, n_layers, n_heads) if name in HEAD_STATS else columns[:, 0]
+            start += width
+        return out
+
+
+@torch.no_grad()
+def evaluate(forward, model: Transformer, evaluators: dict[str, Batch], induction_set: Batch,
+             batch_size: int) -> dict[str, Tensor]:
+    """Evaluator metrics [evaluator] and the induction score [layer, head] on the induction set; clamps active
+    (`forward` is the clamp set's forward). Results stay on the device."""
+    metrics = {name: [] for name in ("eval_loss", "eval_acc", "eval_icl_acc", "eval_icl_prob", "eval_context_prob")}
+    for data in evaluators.values():
+        sums = torch.zeros(5, device=data.x.device)
+        for start in range(0, len(data), batch_size):
+            chunk = data.slice(start, start + batch_size)
+            sums += classification_metrics(forward(chunk), chunk).sum(dim=0)
+        for name, value in zip(metrics, sums / len(data)):
+            metrics[name].append(value)
+    out = {name: torch.stack(values) for name, values in metrics.items()}
+    collector = Collector(model, need_z=False)
+    total = 0.0
+    for start in range(0, len(induction_set), batch_size):
+        chunk = induction_set.slice(start, start + batch_size)
+        forward(chunk, collector.hooks)
+        total = total + induction_score(torch.stack(collector.patterns), chunk.match) * len(chunk)
+    out["eval_induction_score"] = total / len(induction_set)
+    return out
+
+
+def classification_metrics(logits: Tensor, batch: Batch) -> Tensor:
+    """[batch, 5]: loss, acc, in-context acc, in-context prob, probability mass on in-context labels."""
+    target = batch.query_label
+    loss = F.cross_entropy(logits, target, reduction="none")
+    in_context = torch.zeros_like(logits, dtype=torch.bool).scatter(1, batch.context_labels, True)
+    icl_logits = logits.masked_fill(~in_context, float("-inf"))
+    icl_prob = icl_logits.softmax(-1).gather(1, target[:, None])[:, 0]
+    context_prob = (logits.softmax(-1) * in_context).sum(-1)
+    return torch.stack([loss, (logits.argmax(-1) == target).float(), (icl_logits.argmax(-1) == target).float(),
+                        icl_prob, context_prob], dim=1)

@@ -1,0 +1,198 @@
+"""One trial, end to end: `run_trial(config, store_path)`, and its command line `icsweep train key=value ...`.
+
+The contract every backend relies on: idempotent and resumable. A complete store returns at once; a checkpoint
+continues exactly where it stopped (its statistics equal an uninterrupted run's); otherwise the trial starts.
+Statistics are written as training goes and the store is marked complete last.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ihmodel.checkpoint import load_checkpoint, save_checkpoint
+from ihmodel.clamp import ClampSet
+from ihmodel.config import TrialConfig, to_yaml, trial_id
+from ihmodel.data import Task
+from ihmodel.model import Transformer
+from ihmodel.stats import StepStats, evaluate
+from ihmodel.store import EVALUATORS, StoreWriter, checkpoint_path, is_complete
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name} but CUDA is not available here; use device=auto or device=cpu")
+    return device
+
+
+def crossed(step: int, batch_size: int, every: int) -> bool:
+    """True when the sequences seen after `step` updates reach a new multiple of `every`."""
+    return step > 0 and (step * batch_size) // every > ((step - 1) * batch_size) // every
+
+
+class Trial:
+    """Everything one trial holds while it trains."""
+
+    def __init__(self, config: TrialConfig, store_path: Path):
+        self.config, self.store_path = config, store_path
+        self.device = resolve_device(config.device)
+        self.task = Task(config.data, self.device)
+        self.model = Transformer(config.model, self.task.d_in, config.data.n_labels, self.task.n_ctx,
+                                 seed=config.seed).to(self.device)
+        self.clamps = ClampSet(config.clamp, self.model)  # every clamp is checked here, before any training
+        train = config.train
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=train.lr, betas=(train.beta1, train.beta2),
+                                          eps=train.adam_eps, **_fast_adam(self.device))
+        self.generator = torch.Generator(self.device).manual_seed(config.data_seed)
+        self.evaluators = self.task.evaluators(config.eval, config.eval_seed)
+        self.induction_set = (self.task.all_train_sequences() if config.eval.induction_set == "all_train"
+                              else self.evaluators[config.eval.induction_set])
+        self.stats = StepStats(self.model, config.stats, train.flush_every, self.device)
+        self.eval_rows: list[tuple[int, dict]] = []
+        self.step = 0
+        self.n_evals = 0
+        self.last_eval_step: int | None = None
+
+    def start_or_resume(self):
+        ckpt = checkpoint_path(self.store_path)
+        if ckpt.is_file() and self.store_path.exists():
+            state = load_checkpoint(ckpt, map_location=self.device)
+            if state["trial_id"] != trial_id(self.config):
+                raise ValueError(f"checkpoint {ckpt} belongs to trial {state['trial_id']}, not "
+                                 f"{trial_id(self.config)}; use another store path or delete both to restart")
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.generator.set_state(state["generator"])
+            self.step, self.n_evals = state["step"], state["n_evals"]
+            self.writer = StoreWriter(self.store_path)
+            self.writer.truncate(self.step, self.n_evals)
+            if self.n_evals:
+                self.last_eval_step = int(self.writer.group["eval_step"][self.n_evals - 1])
+        else:
+            self.writer = StoreWriter.create(self.store_path, self.config)
+
+    def train_step(self):
+        batch = self.task.sample_train(self.config.train.batch_size, self.generator)
+        logits = self.clamps.forward(batch, self.stats.observers)
+        loss = F.cross_entropy(logits, batch.query_label)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else loss.new_zeros(())
+        self.optimizer.step()
+        self.stats.record(batch, logits, loss, grad_norm)
+        self.step += 1
+
+    def evaluate(self):
+        if {"eval", "eval_induction_score"} & set(self.config.stats):
+            results = evaluate(self.clamps.forward, self.model, self.evaluators, self.induction_set,
+                               self.config.eval.batch_size)
+            self.eval_rows.append((self.step, results))
+        self.n_evals += 1
+        self.last_eval_step = self.step
+
+    def flush(self):
+        """Write the buffered step rows and eval rows to the store (one device-to-host copy per block)."""
+        batch_size = self.config.train.batch_size
+        if self.stats.rows:
+            first = self.step - self.stats.rows
+            steps = torch.arange(first, self.step).numpy()
+            self.writer.append("step", steps, steps * batch_size, self.stats.drain())
+        if self.eval_rows:
+            steps = torch.tensor([s for s, _ in self.eval_rows]).numpy()
+            names = [n for n in self.eval_rows[0][1] if n in self.writer.group]
+            rows = {n: torch.stack([r[n] for _, r in self.eval_rows]).cpu().numpy() for n in names}
+            self.writer.append("eval_step", steps, steps * batch_size, rows)
+            self.eval_rows = []
+
+    def checkpoint(self):
+        self.flush()
+        save_checkpoint(checkpoint_path(self.store_path), self.config, self.model, self.optimizer, self.generator,
+                        self.step, self.n_evals)
+
+
+def _fast_adam(device: torch.device) -> dict:
+    # One fused kernel for all parameters where PyTorch has it; same update rule as the reference Adam.
+    return {"fused": True} if device.type in ("cpu", "cuda") else {"foreach": True}
+
+
+def run_trial(config: TrialConfig, store_path: str | Path | None = None, progress: bool | None = None) -> Path:
+    """Train one trial into its Zarr store. Idempotent: a complete store returns at once; resumable from its
+    checkpoint. Uses exactly `config.threads` CPU threads."""
+    store_path = Path(store_path if store_path is not None else config.store or "")
+    if not str(store_path) or str(store_path) == ".":
+        raise ValueError("no store path: give store=PATH.zarr (or run_trial(config, store_path))")
+    if is_complete(store_path):
+        return store_path
+    torch.set_num_threads(config.threads)
+    store_path.parent.mkdir(parents=True, exist_ok=True)
+    trial = Trial(config, store_path)
+    trial.start_or_resume()
+    train = config.train
+    total = train.steps
+    # progress None: a bar only when stderr is a terminal (tqdm's own rule); the loss shown is the last flushed.
+    bar = tqdm(total=total * train.batch_size, initial=trial.step * train.batch_size, unit="seq", unit_scale=True,
+               disable=None if progress is None else not progress, desc=trial_id(config)[:8], file=sys.stderr,
+               mininterval=1.0, dynamic_ncols=True)
+    if trial.last_eval_step is None:
+        trial.evaluate()
+    while trial.step < total:
+        trial.train_step()
+        if crossed(trial.step, train.batch_size, train.eval_every):
+            trial.evaluate()
+        if crossed(trial.step, train.batch_size, train.checkpoint_every):
+            trial.checkpoint()
+        elif trial.stats.full:
+            trial.flush()
+            bar.set_postfix(loss=f"{trial.writer.group['loss'][-1]:.3f}", refresh=False)
+        bar.update(train.batch_size)
+    if trial.last_eval_step != total:
+        trial.evaluate()
+    trial.checkpoint()
+    trial.writer.mark_complete()
+    bar.close()
+    return store_path
+
+
+USAGE = """usage: icsweep train store=PATH.zarr [key=value ...]   (also: python -m ihmodel.train ...)
+
+Runs one trial into a Zarr store (resumes it if a checkpoint is there; returns at once if it is complete).
+Keys (Hydra overrides; defaults are the paper's main run):
+  seed=5 seed_data= seed_eval=  device=auto  threads=1  clamp=<set>  stats=[loss,acc,...]
+  data.features=PATH data.n_labels=5 data.n_train_classes=50 data.burstiness=1 data.zipf_exponent=0 data.noise=0
+  train.sequences=1000000 train.batch_size=32 train.lr=1e-5 train.eval_every=10000 train.checkpoint_every=100000
+  model.n_layers=2 model.n_heads=8 model.d_model=64 model.d_head=8 model.positional=rope  eval.size=1000
+Clamp sets: {clamps}
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ihmodel.compose import clamp_set_names, compose_trial
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(USAGE.format(clamps=", ".join(clamp_set_names())))
+        return 0
+    try:
+        config = compose_trial(argv)
+        if config.store is None:
+            raise ValueError("no store path: give store=PATH.zarr")
+        started = time.perf_counter()
+        path = run_trial(config)
+    except (ValueError, KeyError, FileNotFoundError) as error:
+        print(f"icsweep train: {error}", file=sys.stderr)
+        return 2
+    elapsed = time.perf_counter() - started
+    print(f"trial {trial_id(config)} complete in {elapsed:.1f} s: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
