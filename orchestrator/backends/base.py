@@ -1,0 +1,55 @@
+"""The backend contract: run the pending trials of a sweep directory, each through orchestrator.trial.execute.
+
+A backend knows nothing of training and decides nothing about what is done: it is handed trials whose stores
+are not complete, gives each a number of CPU threads (and a device), and retries failures. A new backend is a
+small module with a subclass of `Backend`.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+from orchestrator.grid import Trial
+from orchestrator.sweep_config import Sweep
+
+
+class Backend(ABC):
+    name: str = "?"
+
+    def __init__(self, sweep: Sweep, sweep_dir: Path):
+        self.sweep = sweep
+        self.sweep_dir = Path(sweep_dir).resolve()
+        self.resources = sweep.resources
+
+    @property
+    def threads(self) -> int:
+        return self.resources.cpus_per_trial
+
+    @property
+    def device(self) -> str | None:
+        """cpu for CPU trials (so device=auto never wanders onto a GPU it was not given); else the config's."""
+        return "cpu" if self.resources.gpus_per_trial == 0 else None
+
+    @property
+    def detached(self) -> bool:
+        """True when run() returns after submitting (trials keep running without this process)."""
+        return False
+
+    def check(self):
+        """Raise ValueError (one line: the problem and the fix) if the backend cannot run here; writes nothing."""
+
+    @abstractmethod
+    def run(self, trials: list[Trial]):
+        """Run every trial (blocking, unless detached); failures are recorded in logs/, not raised."""
+
+
+def make_backend(sweep: Sweep, sweep_dir: Path) -> Backend:
+    if sweep.backend == "local":
+        from orchestrator.backends.local import LocalBackend as cls
+    elif sweep.backend == "ray":
+        from orchestrator.backends.ray import RayBackend as cls
+    elif sweep.backend == "submitit":
+        from orchestrator.backends.submitit import SubmititBackend as cls
+    else:
+        raise ValueError(f"backend={sweep.backend!r}; choose one of local, ray, submitit")
+    return cls(sweep, sweep_dir)

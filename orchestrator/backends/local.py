@@ -1,0 +1,126 @@
+"""`local`: a pool of worker processes on this machine, each owning `cpus_per_trial` threads.
+
+workers = cores // cpus_per_trial by default; `local.workers=0` runs the trials one after another in this
+process (the fallback tests use). Workers die with the driver (PR_SET_PDEATHSIG), so a killed driver leaves no
+trial running; a rerun resumes them from their checkpoints.
+"""
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import os
+import signal
+import sys
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+
+from orchestrator.backends.base import Backend
+from orchestrator.grid import Trial
+from orchestrator.trial import execute, set_threads
+
+PR_SET_PDEATHSIG = 1
+
+
+class LocalBackend(Backend):
+    name = "local"
+
+    @property
+    def workers(self) -> int:
+        workers = self.sweep.local.workers
+        if workers is None:
+            workers = max(1, (os.cpu_count() or 1) // self.threads)
+            if self.resources.max_concurrent:
+                workers = min(workers, self.resources.max_concurrent)
+        return workers
+
+    def check(self):
+        if self.resources.gpus_per_trial != int(self.resources.gpus_per_trial):
+            raise ValueError(f"resources.gpus_per_trial={self.resources.gpus_per_trial}: the local backend gives "
+                             f"a trial a whole device or none; use backend=ray to share GPUs")
+
+    def run(self, trials: list[Trial]):
+        if self.workers == 0:
+            self._run_in_process(trials)
+        else:
+            self._run_pool(trials)
+
+    def _run_in_process(self, trials: list[Trial]):
+        for trial in trials:
+            for attempt in range(self.resources.max_failures + 1):
+                try:
+                    self._execute(trial, redirect=True)
+                    break
+                except Exception:
+                    continue
+
+    def _execute(self, trial: Trial, redirect: bool = True):
+        return execute(self.sweep_dir, trial.id, trial.config_yaml, threads=self.threads, device=self.device,
+                       backend=self.name, redirect=redirect)
+
+    def _run_pool(self, trials: list[Trial]):
+        failures = {t.id: 0 for t in trials}
+        queue = list(trials)
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        pool = self._pool(min(self.workers, len(trials)))
+        running: dict[Future, Trial] = {}
+        try:
+            while queue or running:
+                while queue and len(running) < self.workers:
+                    trial = queue.pop(0)
+                    running[pool.submit(execute, str(self.sweep_dir), trial.id, trial.config_yaml,
+                                        threads=self.threads, device=self.device, backend=self.name)] = trial
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                broken = False
+                for future in done:
+                    trial = running.pop(future)
+                    error = future.exception()
+                    if error is None:
+                        continue
+                    broken |= isinstance(error, BrokenProcessPool)
+                    failures[trial.id] += 1
+                    if failures[trial.id] <= self.resources.max_failures:
+                        queue.append(trial)
+                    else:
+                        print(f"icsweep: trial {trial.id} failed: {error!r}", file=sys.stderr, flush=True)
+                if broken:  # a worker died (killed, out of memory): every in-flight trial is lost with the pool
+                    for future, trial in running.items():
+                        failures[trial.id] += 1
+                        if failures[trial.id] <= self.resources.max_failures:
+                            queue.append(trial)
+                    running.clear()
+                    _kill(pool)
+                    pool = self._pool(min(self.workers, max(1, len(queue))))
+        finally:
+            _kill(pool)
+            signal.signal(signal.SIGTERM, previous)
+
+    def _pool(self, workers: int) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker, initargs=(self.threads,))
+
+
+def _init_worker(threads: int):
+    set_threads(threads)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the driver, which stops the pool
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        except OSError:
+            pass
+        if os.getppid() == 1:  # the driver died before prctl took effect
+            os._exit(1)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _kill(pool: ProcessPoolExecutor):
+    """Stop at once: running trials are killed (they resume from their checkpoints next time)."""
+    processes = list(getattr(pool, "_processes", {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+    for process in processes:
+        process.join(timeout=10)

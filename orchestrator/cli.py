@@ -1,0 +1,157 @@
+"""`icsweep`: the command line.
+
+    icsweep run sweep=smoke backend=ray out=runs/smoke [overrides]   launch or resume a sweep
+    icsweep status DIR [--watch]                                      counts, progress, errors of failed trials
+    icsweep list DIR                                                  one line per trial
+    icsweep cancel DIR                                                stop the driver and SLURM jobs
+    icsweep train key=value ...                                       one trial (ihmodel.train)
+    icsweep analyze DIR ...                                           phase-change table and figures (analysis)
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+USAGE = __doc__.split("\n", 2)[2].rstrip()
+COMMANDS = ("run", "status", "list", "cancel", "train", "analyze")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(f"usage:\n{USAGE}")
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"icsweep: unknown command {command!r}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    try:
+        return {"run": cmd_run, "status": cmd_status, "list": cmd_list, "cancel": cmd_cancel,
+                "train": cmd_train, "analyze": cmd_analyze}[command](rest) or 0
+    except (ValueError, KeyError, FileNotFoundError) as error:
+        message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+        print(f"icsweep {command}: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"icsweep {command}: interrupted; stores and checkpoints are kept: rerun to resume "
+              f"(SLURM jobs keep running: icsweep cancel DIR stops them)", file=sys.stderr)
+        return 130
+
+
+def cmd_run(args: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in args):
+        from orchestrator.sweep_config import sweep_names
+
+        print("usage: icsweep run sweep=NAME|FILE.yaml [backend=local|ray|submitit] [out=DIR] [overrides]\n"
+              f"sweeps: {', '.join(sweep_names())}\n"
+              "overrides: base.train.sequences=2000 axes.data.n_labels=[5,10] +axes.data.burstiness=[1,2] "
+              "clamps=[noclamp,perfect_copy] seeds=range(0,10) resources.cpus_per_trial=1 local.workers=2 "
+              "ray.address=HOST:PORT submitit.partition=gpu submitit.wait=false")
+        return 0
+    names = [a for a in args if a.startswith("sweep=")]
+    if not names:
+        from orchestrator.sweep_config import sweep_names
+
+        raise ValueError(f"give sweep=NAME (one of {', '.join(sweep_names())}) or sweep=path/to/sweep.yaml")
+    overrides = [a for a in args if not a.startswith("sweep=")]
+    from orchestrator.run import run_sweep
+    from orchestrator.sweep_config import load_sweep
+
+    sweep = load_sweep(names[-1].split("=", 1)[1], overrides)
+    code = run_sweep(sweep)
+    if code == 0 and not (sweep.backend == "submitit" and not sweep.submitit.wait):
+        _summarize(sweep.out)
+    return code
+
+
+def _summarize(sweep_dir: Path):
+    """The phase-change table when the analysis package provides it, else the status summary."""
+    try:
+        from analysis.report import analyze
+    except ImportError:
+        from orchestrator.status import report
+
+        report(sweep_dir)
+        return
+    result = analyze(sweep_dir)
+    if result is not None:
+        print(result if isinstance(result, str) else getattr(result, "to_string", lambda: result)())
+
+
+def cmd_status(args: list[str]) -> int:
+    watch = "--watch" in args or "-w" in args
+    paths = [a for a in args if not a.startswith("-")]
+    if len(paths) != 1:
+        raise ValueError("usage: icsweep status DIR [--watch]")
+    from orchestrator.status import report
+
+    sweep_dir = Path(paths[0])
+    if watch:
+        _watch(sweep_dir)
+    c = report(sweep_dir)
+    return 1 if c["failed"] else 0
+
+
+def _watch(sweep_dir: Path):
+    """A live bar until nothing runs any more (or Ctrl-C)."""
+    from tqdm import tqdm
+
+    from orchestrator.driver import live_driver
+    from orchestrator.status import counts, sweep_states
+
+    _, states = sweep_states(sweep_dir, detail=False)
+    with tqdm(total=len(states), desc="trials", unit="trial", dynamic_ncols=True) as bar:
+        while True:
+            _, states = sweep_states(sweep_dir, detail=False)
+            c = counts(states)
+            bar.n = c["complete"]
+            bar.set_postfix(running=c["running"], failed=c["failed"], pending=c["pending"], refresh=False)
+            bar.refresh()
+            queued = _queued(sweep_dir)
+            if c["complete"] == len(states) or (not c["running"] and not queued and live_driver(sweep_dir) is None):
+                return
+            time.sleep(2)
+
+
+def _queued(sweep_dir: Path) -> bool:
+    if not (sweep_dir / "logs" / "submitit" / "jobs.json").is_file():
+        return False
+    from orchestrator.backends.submitit import active_jobs
+
+    return bool(active_jobs(sweep_dir))
+
+
+def cmd_list(args: list[str]) -> int:
+    if len(args) != 1:
+        raise ValueError("usage: icsweep list DIR")
+    from orchestrator.status import listing
+
+    listing(Path(args[0]))
+    return 0
+
+
+def cmd_cancel(args: list[str]) -> int:
+    if len(args) != 1:
+        raise ValueError("usage: icsweep cancel DIR")
+    from orchestrator.cancel import cancel
+
+    for line in cancel(Path(args[0])):
+        print(f"icsweep cancel: {line}")
+    return 0
+
+
+def cmd_train(args: list[str]) -> int:
+    from ihmodel.train import main as train_main
+
+    return train_main(args) or 0
+
+
+def cmd_analyze(args: list[str]) -> int:
+    from analysis.report import main as analyze_main
+
+    return analyze_main(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
