@@ -12,7 +12,7 @@
 # Needs root: it installs slurm-wlm, slurmdbd, munge and mariadb-server with apt-get when they are missing, and
 # starts the daemons by hand (no systemd needed). Daemons are started in the foreground under setsid; their PIDs
 # (with the kernel start time, against PID reuse) are recorded in <dir>/run/*.rec and `stop` signals only those.
-# See docs in /work/shared/SLURM-ON-ONE-MACHINE.md for what was seen to work on Debian 12.
+# Tested on Debian 12 (SLURM 22.05, munge 0.5.15, MariaDB 10.11), 2 cores, root, no systemd.
 set -euo pipefail
 
 PROG=dev-cluster.sh
@@ -78,7 +78,7 @@ launch() {  # launch NAME COMMAND...: start in the foreground of a new session, 
     local log
     log=$(log_of "$name")
     echo "=== $(date '+%F %T') starting: $*" >>"$log"
-    setsid "$@" </dev/null >>"$log" 2>&1 &
+    setsid "$@" </dev/null >>"$log" 2>&1 9>&- &   # fd 9 is our lock: the daemon must not keep it
     local pid=$!
     local start
     start=$(proc_field "$pid" 20) || die "$name exited at once; see $log"
@@ -349,7 +349,7 @@ start_mariadbd() {
     rm -f "$MYSQL_SOCK"
     launch mariadbd mariadbd --no-defaults --user=mysql --datadir="$D/db/data" --socket="$MYSQL_SOCK" \
         --pid-file="$D/db/mysqld.pid" --skip-networking --log-error="$D/log/mariadb.log" --skip-log-bin \
-        --innodb-buffer-pool-size=256M --innodb-lock-wait-timeout=900 --max-connections=100
+        --innodb-buffer-pool-size=128M --innodb-lock-wait-timeout=900 --max-connections=100
     wait_for mariadbd 60 "$D/log/mariadb.log" "$(log_of mariadbd)" -- \
         mariadb-admin --no-defaults --socket="$MYSQL_SOCK" ping
     say "started mariadbd (pid $(pid_of mariadbd))"
@@ -400,9 +400,11 @@ wait_nodes_idle() {  # both nodes up (idle, or running jobs); resume nodes left 
                 *drain* | *drng* | down | fail* | inval)
                     ok=0
                     if [[ " $resumed " != *" $n "* ]]; then
+                        local reason
+                        reason=$(scontrol show node "$n" -o 2>/dev/null | grep -oE 'Reason=.*' |
+                            sed -E 's/^Reason=//; s/ [A-Za-z]+=.*$//') || true
                         scontrol update nodename="$n" state=resume >/dev/null 2>&1 || true
-                        say "resumed node $n (was $st: $(scontrol show node "$n" -o 2>/dev/null |
-                            grep -oE 'Reason=[^=]*' | head -n1 | sed 's/ [A-Za-z]*$//'))"
+                        say "resumed node $n (was $st: ${reason:-no reason given})"
                         resumed+=" $n"
                     fi
                     ;;
@@ -416,14 +418,36 @@ wait_nodes_idle() {  # both nodes up (idle, or running jobs); resume nodes left 
     done
 }
 
+port_busy() { timeout 2 bash -c ": >/dev/tcp/$1/$2" 2>/dev/null; }
+
+check_ports_free() {  # before starting a daemon of ours, its port must be free (not another SLURM, not another dir)
+    local -a checks=("slurmdbd 127.0.0.1 $DBD_PORT" "slurmctld 127.0.0.1 $CTLD_PORT")
+    local n c name addr port
+    for n in "${NODES[@]}"; do checks+=("slurmd-$n ${NODE_ADDR[$n]} ${NODE_PORT[$n]}"); done
+    for c in "${checks[@]}"; do
+        read -r name addr port <<<"$c"
+        if ! is_up "$name" && port_busy "$addr" "$port"; then
+            die "port $port (for $name) is already in use by a process this state dir ($D) did not start" \
+                "(another SLURM, or a dev cluster in another ICSWEEP_SLURM_DIR); stop that one first"
+        fi
+    done
+}
+
 all_up() {
     local d
     for d in "${DAEMONS[@]}"; do is_up "$d" || return 1; done
 }
 
+take_lock() {  # one start/stop at a time (e.g. several pytest workers starting the cluster together)
+    mkdir -p "$D"
+    exec 9>"$D/.lock"
+    flock -w 900 9 || die "another dev-cluster.sh holds $D/.lock for 15 minutes; wait for it or remove the lock"
+}
+
 cmd_start() {
     need_root
     check_paths
+    take_lock
     local t0=$SECONDS
     ensure_installed
     local was_up=0
@@ -433,6 +457,7 @@ cmd_start() {
     if ((was_up && CONFIG_CHANGED)); then
         say "warning: the configuration changed while the cluster runs; apply it with: $0 stop && $0 start"
     fi
+    check_ports_free
     start_munged
     start_mariadbd
     start_slurmdbd
@@ -455,6 +480,7 @@ cmd_start() {
 
 cmd_stop() {
     need_root
+    take_lock
     local any=0 d
     for d in "${DAEMONS[@]}"; do is_up "$d" && any=1; done
     if ((!any)); then
