@@ -218,15 +218,18 @@ def grid_variables(grid_dims: Sequence[str], grid_shape: tuple[int, ...], infos:
         attrs = {k: v for k, v in metas[0].attrs.items() if k in ("description", "units")}
         data_vars[name] = xr.Variable((*grid_dims, *dims), lazy(array), attrs)
 
+    def attrs(name: str, units: str) -> dict:
+        """The coordinate's attrs as the stores have them, with its units."""
+        found = next((info.arrays[name].attrs for info in infos.values() if name in info.arrays), {})
+        return {k: v for k, v in found.items() if k == "description"} | {"units": units}
+
     coords = {
-        "step": ("step", axes["step"].values, {"description": "optimizer updates done (0 = init)",
-                                               "units": "steps"}),
-        "eval_step": ("eval_step", axes["eval_step"].values, {"description": "optimizer updates done at the eval",
-                                                              "units": "steps"}),
+        "step": ("step", axes["step"].values, attrs("step", "steps")),
+        "eval_step": ("eval_step", axes["eval_step"].values, attrs("eval_step", "steps")),
         "layer": ("layer", np.arange(inner_sizes["layer"])),
         "head": ("head", np.arange(inner_sizes["head"])),
     }
-    seq_attrs = {"description": "training sequences seen before the step", "units": "sequences"}
+    seq_attrs = attrs("sequences", "sequences")
     if axes["step"].extra is not None:
         coords["sequences"] = ("step", axes["step"].extra, seq_attrs)
     else:  # stores disagree (e.g. a batch-size axis): a coordinate per cell, read lazily
@@ -234,7 +237,7 @@ def grid_variables(grid_dims: Sequence[str], grid_shape: tuple[int, ...], infos:
                    for cell, info in infos.items() if cell in axes["step"].maps}
         array = GridArray(grid_shape, len(axes["step"].values), (), sources, np.float64)
         coords["sequences"] = xr.Variable((*grid_dims, "step"), lazy(array), seq_attrs)
-    eval_attrs = {"description": "training sequences seen at the eval", "units": "sequences"}
+    eval_attrs = attrs("eval_sequences", "sequences")
     if axes["eval_step"].extra is not None:
         coords["eval_sequences"] = ("eval_step", axes["eval_step"].extra, eval_attrs)
     else:
