@@ -7,6 +7,8 @@ and the induction score per head on the induction set. Every per-head statistic 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -84,19 +86,22 @@ class StepStats:
         return self.collector.hooks if self.head_names else []
 
     @torch.no_grad()
-    def record(self, batch: Batch, logits: Tensor, loss: Tensor, grad_norm: Tensor | None):
-        values = {"loss": loss.detach(), "acc": (logits.argmax(-1) == batch.query_label).float().mean(),
-                  "grad_norm": grad_norm}
-        if self.head_names:
-            pattern = torch.stack(self.collector.patterns)  # [layer, batch, head, query, key]
-            head_values = {
-                "prev_token_score": lambda: prev_token_score(pattern),
-                "induction_score": lambda: induction_score(pattern, batch.match),
-                "pattern_entropy": lambda: pattern_entropy(pattern),
-                "head_out_norm": lambda: head_out_norm(torch.stack(self.collector.zs), stacked_W_O(self.model)),
+    def record(self, batch: Batch, logits: Tensor, loss: Tensor, grad_norm: Callable[[], Tensor]):
+        if self.names:
+            compute = {
+                "loss": lambda: loss.detach(),
+                "acc": lambda: (logits.argmax(-1) == batch.query_label).float().mean(),
+                "grad_norm": grad_norm,
             }
-            values.update({n: head_values[n]() for n in self.head_names})
-        self.buffer[self.rows] = torch.cat([values[n].reshape(-1) for n in self.names])
+            if self.head_names:
+                pattern = torch.stack(self.collector.patterns)  # [layer, batch, head, query, key]
+                compute |= {
+                    "prev_token_score": lambda: prev_token_score(pattern),
+                    "induction_score": lambda: induction_score(pattern, batch.match),
+                    "pattern_entropy": lambda: pattern_entropy(pattern),
+                    "head_out_norm": lambda: head_out_norm(torch.stack(self.collector.zs), stacked_W_O(self.model)),
+                }
+            self.buffer[self.rows] = torch.cat([compute[n]().reshape(-1) for n in self.names])
         self.rows += 1
 
     @property

@@ -84,11 +84,14 @@ class Trial:
         loss = F.cross_entropy(logits, batch.query_label)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else loss.new_zeros(())
         self.optimizer.step()
-        self.stats.record(batch, logits, loss, grad_norm)
+        self.stats.record(batch, logits, loss, grad_norm=self.grad_norm)
         self.step += 1
+
+    def grad_norm(self) -> torch.Tensor:
+        """Global L2 norm of the current gradients (parameters cut off by clamps have none or zeros)."""
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
 
     def evaluate(self):
         if {"eval", "eval_induction_score"} & set(self.config.stats):

@@ -1,0 +1,69 @@
+"""Training throughput of one trial at the paper's config on one CPU thread, statistics on versus off.
+
+    python bench/bench_train.py [--sequences 64000] [--rounds 3]
+
+Prints sequences/s with statistics + Zarr writing on (the default stats, evals every 10,000 sequences) and off
+(stats=[]: nothing recorded, nothing written), their ratio, and the peak memory of one trial (run in a child
+process). The machine is shared and noisy, so on and off alternate over several rounds and the ratio is taken
+within each round; targets: >= 15,000 sequences/s on, overhead <= 10%, peak memory <= 1 GB.
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TARGET_SEQ_PER_S = 15_000
+TARGET_OVERHEAD = 0.10
+TARGET_PEAK_GB = 1.0
+
+
+def timed_trial(overrides: list[str], directory: Path) -> float:
+    """Sequences/s of one trial's training loop (setup excluded: timed from the first step)."""
+    from ihmodel.compose import compose_trial
+    from ihmodel.train import run_trial
+
+    config = compose_trial(overrides + [f"store={directory / 'trial.zarr'}"])
+    started = time.perf_counter()
+    run_trial(config, progress=False)
+    return config.train.sequences / (time.perf_counter() - started)
+
+
+def peak_memory_gb(overrides: list[str], directory: Path) -> float:
+    code = ("import sys; from ihmodel.train import main; sys.exit(main(sys.argv[1:]))")
+    subprocess.run([sys.executable, "-c", code, *overrides, f"store={directory / 'mem.zarr'}"], check=True,
+                   stdout=subprocess.DEVNULL)
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sequences", type=int, default=64_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    base = [f"train.sequences={args.sequences}", "train.eval_every=10000", "threads=1", "device=cpu"]
+    rates_on, rates_off, ratios = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        timed_trial(base[:1] + ["train.sequences=3200"] + base[1:], Path(tmp) / "warm")  # imports, caches
+        for round_ in range(args.rounds):
+            on = timed_trial(base, Path(tmp) / f"on{round_}")
+            off = timed_trial(base + ["stats=[]"], Path(tmp) / f"off{round_}")
+            rates_on.append(on)
+            rates_off.append(off)
+            ratios.append(off / on - 1)
+            print(f"round {round_}: stats on {on:8.0f} seq/s   off {off:8.0f} seq/s   overhead {ratios[-1]:+.1%}")
+        peak = peak_memory_gb(base, Path(tmp))
+    on, overhead = statistics.median(rates_on), statistics.median(ratios)
+    print(f"training, stats on (median):  {on:8.0f} seq/s   target >= {TARGET_SEQ_PER_S}   "
+          f"ratio to target {on / TARGET_SEQ_PER_S:.2f}")
+    print(f"statistics + Zarr overhead:   {overhead:+8.1%}        target <= {TARGET_OVERHEAD:.0%}")
+    print(f"peak memory of one trial:     {peak:8.2f} GB     target <= {TARGET_PEAK_GB} GB")
+
+
+if __name__ == "__main__":
+    main()
