@@ -177,7 +177,7 @@ def _to_sequences(ds: xr.Dataset, template: xr.DataArray, time_dim: str, steps: 
         return np.full(steps.shape, np.nan)
     if seq.dims == (time_dim,):
         return np.interp(steps, t, seq.values.astype(np.float64), left=np.nan, right=np.nan)
-    table = seq.broadcast_like(template).transpose(*template.dims).values.reshape(-1, len(t))
+    table = seq.broadcast_like(template).transpose(*template.dims, time_dim).values.reshape(-1, len(t))
     flat, out = steps.reshape(-1), np.full(steps.size, np.nan)
     for i in np.flatnonzero(np.isfinite(flat)):
         ok = np.isfinite(table[i])
