@@ -7,6 +7,7 @@ Each function returns a matplotlib Figure (made without pyplot, so nothing here 
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -71,8 +72,8 @@ def loss_curves(ds: xr.Dataset, *, evaluator: str = "fsl_train", variable: str =
             seeds = lines.transpose(..., "eval_step").values.reshape(-1, lines.sizes["eval_step"])
             for seed_line in seeds:
                 ax.plot(x, seed_line, color=color, alpha=0.25, lw=0.7)
-            with np.errstate(invalid="ignore"), np.testing.suppress_warnings() as sup:
-                sup.filter(RuntimeWarning)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # an eval no seed has reached: NaN is right
                 mean = np.nanmean(seeds, axis=0)
             ax.plot(x, mean, color=color, lw=1.8, label=str(clamp) if clamp is not None else None)
         ax.axhline(LN2, color="0.5", ls=":", lw=1)
