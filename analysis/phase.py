@@ -2,7 +2,7 @@
 
 Methods (`phase_change(ds, method=...)`), all on a loss curve, by default the `fsl_train` evaluator's eval loss:
 - `threshold` (the paper's): the first eval at which the loss is below 0.4 ln 2.
-- `steepest`: where the smoothed loss falls fastest (between two evals, refined by a parabola through the slopes).
+- `steepest`: where the smoothed loss falls fastest (the rate-weighted centre of its steepest stretch).
 - `sigmoid`: the midpoint of a sigmoid fitted by least squares (grid search over midpoint and width, with the
   levels solved in closed form), then refined on a finer grid.
 The fall from the initial loss (~2 nats) to the ln 2 plateau is not the phase change: `steepest` and `sigmoid` see
@@ -62,7 +62,12 @@ def bin_curve(y: np.ndarray, t: np.ndarray, max_points: int = MAX_POINTS) -> tup
 
 
 def steepest_descent(y: np.ndarray, t: np.ndarray, *, sigma: float, min_drop: float) -> np.ndarray:
-    """Time of the fastest fall of the smoothed curve, NaN where it never falls by `min_drop`."""
+    """Time of the fastest fall of the smoothed curve, NaN where it never falls by `min_drop`.
+
+    The peak of the descent rate is located as the rate-weighted mean time of the contiguous stretch, around the
+    steepest interval, that falls at least half as fast: for a symmetric fall that is its midpoint, and averaging
+    over the stretch keeps eval noise from moving the answer by whole evals.
+    """
     s = smooth(y, sigma)
     slope = np.diff(s, axis=1) / np.diff(t)  # (cells, time - 1), NaN where either end is absent
     mid = (t[1:] + t[:-1]) / 2
@@ -70,14 +75,15 @@ def steepest_descent(y: np.ndarray, t: np.ndarray, *, sigma: float, min_drop: fl
     for i in np.flatnonzero(np.isfinite(slope).any(axis=1)):
         d = slope[i]
         j = int(np.nanargmin(d))
-        if not np.nanmax(s[i, :j + 1]) - np.nanmin(s[i, j + 1:]) >= min_drop:
+        if not d[j] < 0 or not np.nanmax(s[i, :j + 1]) - np.nanmin(s[i, j + 1:]) >= min_drop:
             continue
-        out[i] = mid[j]
-        if 0 < j < len(d) - 1 and np.isfinite(d[j - 1:j + 2]).all():
-            curvature = d[j - 1] - 2 * d[j] + d[j + 1]
-            if curvature > 0:  # a parabola through the three slopes: its minimum, between neighbouring midpoints
-                shift = float(np.clip(0.5 * (d[j - 1] - d[j + 1]) / curvature, -0.5, 0.5))
-                out[i] = np.interp(j + shift, np.arange(len(mid)), mid)
+        steep = np.nan_to_num(d, nan=0.0) <= 0.5 * d[j]
+        lo, hi = j, j
+        while lo > 0 and steep[lo - 1]:
+            lo -= 1
+        while hi < len(d) - 1 and steep[hi + 1]:
+            hi += 1
+        out[i] = np.sum(mid[lo:hi + 1] * d[lo:hi + 1]) / np.sum(d[lo:hi + 1])
     return out
 
 

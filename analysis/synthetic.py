@@ -47,9 +47,12 @@ def induction_strengths(n_layers: int, n_heads: int) -> np.ndarray:
 
 
 def trial_rows(config: TrialConfig, change_at: float | None, *, width: float = 5_000.0, seed: int = 0,
-               eval_noise: float = 0.01, step_noise: float = 0.15):
-    """Every row a finished trial of `config` would write: (step coords, step rows), (eval coords, eval rows)."""
-    rng = np.random.default_rng(seed)
+               eval_noise: float = 0.01, step_noise: float = 0.15, steps_too: bool = True):
+    """Every row a finished trial of `config` would write: (step coords, step rows), (eval coords, eval rows).
+
+    With `steps_too` false the per-step rows are None (the eval rows are the same either way).
+    """
+    rng = np.random.default_rng([seed, 0])
     batch = config.train.batch_size
     n_steps = config.train.steps
     n_layers, n_heads = config.model.n_layers, config.model.n_heads
@@ -64,7 +67,7 @@ def trial_rows(config: TrialConfig, change_at: float | None, *, width: float = 5
 
     rise = 1.0 - _falling(seqs, change_at, width)  # (step,)
     strengths = induction_strengths(n_layers, n_heads)
-    step_rows = {
+    step_rows = None if not steps_too else {
         "loss": noisy(loss_curve(seqs, change_at, width=width), step_noise),
         "acc": noisy(0.5 + 0.5 * rise, 0.05),
         "grad_norm": noisy(0.2 + np.exp(-((seqs - (change_at or -1e12)) / width) ** 2), 0.02),
@@ -73,6 +76,7 @@ def trial_rows(config: TrialConfig, change_at: float | None, *, width: float = 5
         "pattern_entropy": noisy(np.ones((n_steps, n_layers, n_heads)) * (1.0 - 0.5 * rise[:, None, None]), 0.01),
         "head_out_norm": noisy(np.ones((n_steps, n_layers, n_heads)) * (1.0 + rise[:, None, None]), 0.01),
     }
+    rng = np.random.default_rng([seed, 1])  # its own stream: eval rows do not depend on steps_too
     eval_rise = 1.0 - _falling(eval_seqs, change_at, width)
     n_eval = len(eval_seqs)
     eval_loss = np.stack([loss_curve(eval_seqs, change_at, width=width) + 0.05 * k
