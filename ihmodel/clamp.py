@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -77,7 +78,9 @@ class ClampSet:
         for index, intervention in enumerate(config.interventions):
             self._add(intervention, f"clamp.interventions[{index}] ({intervention.kind})")
         self._check_no_contradiction()
-        self._masks = {id(w): self._mask(w) for w in self.writes + self.first_pass_writes}
+        self.batch: Batch | None = None  # the batch of the forward under way
+        self.captured: dict[str, Tensor] = {}  # what its first pass recorded
+        self._build_hooks()
 
     @property
     def needs_first_pass(self) -> bool:
@@ -95,7 +98,8 @@ class ClampSet:
             heads = self._heads(iv, source, hook)
             if iv.kind == "constant" and iv.value is None:
                 raise ValueError(f"{source}: kind constant needs a value (e.g. value: 0.5)")
-            value = {"zero": _constant(0.0), "constant": _constant(iv.value), "mean": _batch_mean}.get(iv.kind)
+            value = {"zero": partial(_constant, value=0.0), "constant": partial(_constant, value=iv.value),
+                     "mean": _batch_mean}.get(iv.kind)
             if value is None:
                 value = self._checkpoint_value(iv.checkpoint, hook, source)
             self._write(hook, heads, self._positions(iv, source), value, source)
@@ -109,7 +113,7 @@ class ClampSet:
         layer = self._layer(iv, source)
         heads = self._heads(iv, source)
         if iv.kind == "zero_value":
-            self._write(f"blocks.{layer}.attn.hook_v", heads, None, _constant(0.0), source)
+            self._write(f"blocks.{layer}.attn.hook_v", heads, None, partial(_constant, value=0.0), source)
         elif iv.kind == "prev_token_pattern":
             self._write(f"blocks.{layer}.attn.hook_pattern", heads, self._positions(iv, source),
                         _prev_token_pattern, source)
@@ -117,29 +121,31 @@ class ClampSet:
             if not 0.0 <= iv.strength <= 1.0:
                 raise ValueError(f"{source}: strength={iv.strength}; must lie in [0, 1] (induction strength 2s-1)")
             n_query = model.n_ctx - 1
-            self._write(f"blocks.{layer}.attn.hook_pattern", heads, (n_query,), _induction_pattern(iv.strength), source)
+            self._write(f"blocks.{layer}.attn.hook_pattern", heads, (n_query,),
+                        partial(_induction_pattern, strength=iv.strength), source)
         elif iv.kind == "perfect_copy":
             if heads is None or len(heads) != 1:
                 raise ValueError(f"{source}: perfect_copy copies from exactly one head; give heads: [h]")
             scores = f"blocks.{layer}.attn.hook_attn_scores"
             self.captures.add(scores)
-            self._write("hook_logits", None, None, _perfect_copy_logits(scores, heads[0]), source)
+            self._write("hook_logits", None, None,
+                        partial(_perfect_copy_logits, scores_hook=scores, head=heads[0]), source)
         elif iv.kind in ("pattern_preserving", "value_preserving"):
-            self._write(f"blocks.{layer}.attn.hook_v", heads, None, _constant(0.0), source)
+            self._write(f"blocks.{layer}.attn.hook_v", heads, None, partial(_constant, value=0.0), source)
             kept = "hook_pattern" if iv.kind == "pattern_preserving" else "hook_v"
             for later in range(layer + 1, n_layers):
                 hook = f"blocks.{later}.attn.{kept}"
                 self.captures.add(hook)
-                self._write(hook, None, None, _captured(hook, detach=True), source)
+                self._write(hook, None, None, partial(_captured, name=hook, detach=True), source)
 
     def _add_perfect_prev_token_input(self, layer: int, source: str):
         self.captures.update({"hook_embed", f"blocks.{layer}.attn.hook_pattern"})
         self.first_pass_writes.append(
             Write(f"blocks.{layer}.hook_resid_pre", None, None, _previous_token_embeddings, source))
         for earlier in range(layer):
-            self._write(f"blocks.{earlier}.hook_attn_out", None, None, _constant(0.0), source)
+            self._write(f"blocks.{earlier}.hook_attn_out", None, None, partial(_constant, value=0.0), source)
         pattern = f"blocks.{layer}.attn.hook_pattern"
-        self._write(pattern, None, None, _captured(pattern, detach=False), source)
+        self._write(pattern, None, None, partial(_captured, name=pattern, detach=False), source)
 
     def _write(self, hook, heads, positions, value, source):
         self.writes.append(Write(hook, heads, positions, value, source))
@@ -230,53 +236,51 @@ class ClampSet:
     # ---- running -------------------------------------------------------------------------------------------
     def forward(self, batch: Batch, observers: list[tuple[str, Callable]] = ()) -> Tensor:
         """Logits [batch, d_vocab] of the main pass with every clamp on; `observers` are hooks that only read."""
-        captured: dict[str, Tensor] = {}
+        self.batch, self.captured = batch, {}
         if self.needs_first_pass:
-            record = [(name, _recorder(captured, name)) for name in sorted(self.captures)]
-            first = [(w.hook, self._hook_fn(w, batch, captured)) for w in self.first_pass_writes]
-            with self.model.hooks(record + first):
+            with self.model.hooks(self._first_pass_hooks):
                 self.model(batch.x, batch.context_labels)
-        main = [(w.hook, self._hook_fn(w, batch, captured)) for w in self.writes]
-        with self.model.hooks(main + list(observers)):
+        with self.model.hooks(self._main_pass_hooks + list(observers)):
             return self.model(batch.x, batch.context_labels)
 
-    def _hook_fn(self, write: Write, batch: Batch, captured: dict):
-        mask = self._masks[id(write)]
+    def _build_hooks(self):
+        """Hook fns made once; per forward they read the batch and the first pass's captures from `self`."""
+        self._first_pass_hooks = [(name, _Recorder(self, name)) for name in sorted(self.captures)]
+        self._first_pass_hooks += [(w.hook, _Overwrite(self, w, self._mask(w))) for w in self.first_pass_writes]
+        self._main_pass_hooks = [(w.hook, _Overwrite(self, w, self._mask(w))) for w in self.writes]
 
-        def overwrite(x: Tensor, hook) -> Tensor:
-            value = write.value(x, batch, captured)
-            return value.expand_as(x) if mask is None else torch.where(mask, value, x)
 
-        return overwrite
+class _Overwrite:
+    def __init__(self, clamps: ClampSet, write: Write, mask: Tensor | None):
+        self.clamps, self.write, self.mask = clamps, write, mask
+
+    def __call__(self, x: Tensor, hook) -> Tensor:
+        value = self.write.value(x, self.clamps.batch, self.clamps.captured)
+        return value.expand_as(x) if self.mask is None else torch.where(self.mask, value, x)
+
+
+class _Recorder:
+    def __init__(self, clamps: ClampSet, name: str):
+        self.clamps, self.name = clamps, name
+
+    def __call__(self, x: Tensor, hook) -> None:
+        self.clamps.captured[self.name] = x
 
 
 def _overlap(a: tuple | None, b: tuple | None) -> bool:
     return a is None or b is None or bool(set(a) & set(b))
 
 
-def _recorder(captured: dict, name: str):
-    def record(x: Tensor, hook) -> None:
-        captured[name] = x
-
-    return record
-
-
-def _constant(value: float):
-    def constant(x: Tensor, batch: Batch, captured: dict) -> Tensor:
-        return torch.full((), value, dtype=x.dtype, device=x.device)
-
-    return constant
+def _constant(x: Tensor, batch: Batch, captured: dict, value: float) -> Tensor:
+    return torch.full((), value, dtype=x.dtype, device=x.device)
 
 
 def _batch_mean(x: Tensor, batch: Batch, captured: dict) -> Tensor:
     return x.detach().mean(dim=0, keepdim=True)
 
 
-def _captured(name: str, detach: bool):
-    def value(x: Tensor, batch: Batch, captured: dict) -> Tensor:
-        return captured[name].detach() if detach else captured[name]
-
-    return value
+def _captured(x: Tensor, batch: Batch, captured: dict, name: str, detach: bool) -> Tensor:
+    return captured[name].detach() if detach else captured[name]
 
 
 def _prev_token_pattern(x: Tensor, batch: Batch, captured: dict) -> Tensor:
@@ -287,26 +291,20 @@ def _prev_token_pattern(x: Tensor, batch: Batch, captured: dict) -> Tensor:
     return table.expand_as(x)
 
 
-def _induction_pattern(strength: float):
-    def value(x: Tensor, batch: Batch, captured: dict) -> Tensor:
-        # x: [batch, head, query_pos, key_pos]; weights on label tokens 1, 3, ... of matching / other items.
-        match = batch.match.to(x.dtype)  # [batch, item]
-        n_match = match.sum(1, keepdim=True)
-        weights = strength * match / n_match + (1 - strength) * (1 - match) / (match.shape[1] - n_match)
-        row = torch.zeros(x.shape[0], x.shape[-1], device=x.device, dtype=x.dtype)
-        row[:, 1::2] = weights
-        return row[:, None, None, :].expand_as(x)
-
-    return value
+def _induction_pattern(x: Tensor, batch: Batch, captured: dict, strength: float) -> Tensor:
+    # x: [batch, head, query_pos, key_pos]; weights on label tokens 1, 3, ... of matching / other items.
+    match = batch.match.to(x.dtype)  # [batch, item]
+    n_match = match.sum(1, keepdim=True)
+    weights = strength * match / n_match + (1 - strength) * (1 - match) / (match.shape[1] - n_match)
+    row = torch.zeros(x.shape[0], x.shape[-1], device=x.device, dtype=x.dtype)
+    row[:, 1::2] = weights
+    return row[:, None, None, :].expand_as(x)
 
 
-def _perfect_copy_logits(scores_hook: str, head: int):
-    def value(x: Tensor, batch: Batch, captured: dict) -> Tensor:
-        scores = captured[scores_hook][:, head, -1, 1::2]  # [batch, item]: query to each label token
-        logits = torch.full_like(x, LOGIT_NOT_IN_CONTEXT)
-        return logits.scatter(1, batch.context_labels, scores)
-
-    return value
+def _perfect_copy_logits(x: Tensor, batch: Batch, captured: dict, scores_hook: str, head: int) -> Tensor:
+    scores = captured[scores_hook][:, head, -1, 1::2]  # [batch, item]: query to each label token
+    logits = torch.full_like(x, LOGIT_NOT_IN_CONTEXT)
+    return logits.scatter(1, batch.context_labels, scores)
 
 
 def _previous_token_embeddings(x: Tensor, batch: Batch, captured: dict) -> Tensor:

@@ -82,6 +82,7 @@ class TrainConfig:
     eval_every: int = 10_000  # sequences between evaluations (also at 0 and at the end)
     checkpoint_every: int = 100_000  # sequences between checkpoints (and at the end)
     flush_every: int = 1024  # optimizer steps of statistics kept on the device before a write to the store
+    compile: bool = False  # torch.compile the training forward (clamps and statistics included); same numbers
 
     def __post_init__(self):
         for name in ("sequences", "batch_size", "eval_every", "checkpoint_every", "flush_every"):

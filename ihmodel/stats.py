@@ -28,16 +28,17 @@ class Collector:
         self.zs: list[Tensor | None] = [None] * model.cfg.n_layers
         self.hooks = []
         for layer in range(model.cfg.n_layers):
-            self.hooks.append((f"blocks.{layer}.attn.hook_pattern", self._keep(self.patterns, layer)))
+            self.hooks.append((f"blocks.{layer}.attn.hook_pattern", _Keep(self.patterns, layer)))
             if need_z:
-                self.hooks.append((f"blocks.{layer}.attn.hook_z", self._keep(self.zs, layer)))
+                self.hooks.append((f"blocks.{layer}.attn.hook_z", _Keep(self.zs, layer)))
 
-    @staticmethod
-    def _keep(slots: list, layer: int):
-        def keep(x: Tensor, hook) -> None:
-            slots[layer] = x
 
-        return keep
+class _Keep:
+    def __init__(self, slots: list, index: int):
+        self.slots, self.index = slots, index
+
+    def __call__(self, x: Tensor, hook) -> None:
+        self.slots[self.index] = x
 
 
 def prev_token_score(pattern: Tensor) -> Tensor:
@@ -69,11 +70,16 @@ def stacked_W_O(model: Transformer) -> Tensor:
 
 
 class StepStats:
-    """Computes each step's row of recorded statistics into a device buffer of `block` rows."""
+    """Computes each step's row of recorded statistics into a device buffer of `block` rows.
+
+    `row` holds everything the forward pass gives (it may run inside a compiled forward); `record` adds the
+    gradient norm after the backward pass and stores the row."""
 
     def __init__(self, model: Transformer, names: list[str], block: int, device):
         self.model = model
-        self.names = [n for n in STEP_VARIABLES if n in names]
+        recorded = [n for n in STEP_VARIABLES if n in names]
+        self.with_grad_norm = "grad_norm" in recorded
+        self.names = [n for n in recorded if n != "grad_norm"] + ["grad_norm"] * self.with_grad_norm  # column order
         self.head_names = [n for n in self.names if n in HEAD_STATS]
         self.collector = Collector(model, need_z="head_out_norm" in self.names)
         n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
@@ -86,22 +92,29 @@ class StepStats:
         return self.collector.hooks if self.head_names else []
 
     @torch.no_grad()
-    def record(self, batch: Batch, logits: Tensor, loss: Tensor, grad_norm: Callable[[], Tensor]):
-        if self.names:
-            compute = {
-                "loss": lambda: loss.detach(),
-                "acc": lambda: (logits.argmax(-1) == batch.query_label).float().mean(),
-                "grad_norm": grad_norm,
+    def row(self, batch: Batch, logits: Tensor, loss: Tensor) -> Tensor:
+        """The step's statistics but the gradient norm, flattened in column order."""
+        compute = {
+            "loss": lambda: loss.detach(),
+            "acc": lambda: (logits.argmax(-1) == batch.query_label).float().mean(),
+        }
+        if self.head_names:
+            pattern = torch.stack(self.collector.patterns)  # [layer, batch, head, query, key]
+            compute |= {
+                "prev_token_score": lambda: prev_token_score(pattern),
+                "induction_score": lambda: induction_score(pattern, batch.match),
+                "pattern_entropy": lambda: pattern_entropy(pattern),
+                "head_out_norm": lambda: head_out_norm(torch.stack(self.collector.zs), stacked_W_O(self.model)),
             }
-            if self.head_names:
-                pattern = torch.stack(self.collector.patterns)  # [layer, batch, head, query, key]
-                compute |= {
-                    "prev_token_score": lambda: prev_token_score(pattern),
-                    "induction_score": lambda: induction_score(pattern, batch.match),
-                    "pattern_entropy": lambda: pattern_entropy(pattern),
-                    "head_out_norm": lambda: head_out_norm(torch.stack(self.collector.zs), stacked_W_O(self.model)),
-                }
-            self.buffer[self.rows] = torch.cat([compute[n]().reshape(-1) for n in self.names])
+        return torch.cat([compute[n]().reshape(-1) for n in self.names if n != "grad_norm"] + [loss.new_zeros(0)])
+
+    @torch.no_grad()
+    def record(self, row: Tensor, grad_norm: Callable[[], Tensor]):
+        if self.names:
+            width = row.shape[0]
+            self.buffer[self.rows, :width] = row
+            if self.with_grad_norm:
+                self.buffer[self.rows, width] = grad_norm()
         self.rows += 1
 
     @property

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from ihmodel.checkpoint import load_checkpoint, save_checkpoint
 from ihmodel.clamp import ClampSet
 from ihmodel.config import TrialConfig, to_yaml, trial_id
-from ihmodel.data import Task
+from ihmodel.data import Batch, Task
 from ihmodel.model import Transformer
 from ihmodel.stats import StepStats, evaluate
 from ihmodel.store import EVALUATORS, StoreWriter, checkpoint_path, is_complete
@@ -55,6 +55,7 @@ class Trial:
         self.induction_set = (self.task.all_train_sequences() if config.eval.induction_set == "all_train"
                               else self.evaluators[config.eval.induction_set])
         self.stats = StepStats(self.model, config.stats, train.flush_every, self.device)
+        self.forward = torch.compile(self.forward_loss_stats) if train.compile else self.forward_loss_stats
         self.eval_rows: list[tuple[int, dict]] = []
         self.step = 0
         self.n_evals = 0
@@ -80,13 +81,19 @@ class Trial:
 
     def train_step(self):
         batch = self.task.sample_train(self.config.train.batch_size, self.generator)
-        logits = self.clamps.forward(batch, self.stats.observers)
-        loss = F.cross_entropy(logits, batch.query_label)
+        loss, row = self.forward(batch.x, batch.context_labels, batch.query_label, batch.match)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        self.stats.record(batch, logits, loss, grad_norm=self.grad_norm)
+        self.stats.record(row, grad_norm=self.grad_norm)
         self.step += 1
+
+    def forward_loss_stats(self, x, context_labels, query_label, match):
+        """The training forward (clamps on), its loss and its statistics row: one graph when compiled."""
+        batch = Batch(x, context_labels, query_label, match)
+        logits = self.clamps.forward(batch, self.stats.observers)
+        loss = F.cross_entropy(logits, query_label)
+        return loss, self.stats.row(batch, logits, loss)
 
     def grad_norm(self) -> torch.Tensor:
         """Global L2 norm of the current gradients (parameters cut off by clamps have none or zeros)."""
