@@ -72,3 +72,15 @@ def identify():
 @pytest.fixture
 def tiny_trial() -> list[str]:
     return list(TINY_TRIAL)
+
+
+@pytest.fixture(scope="session")
+def completed_trial(tmp_path_factory):
+    """(config, store path) of the tiny trial run to completion once per session. Read it, never write it."""
+    from ihmodel.compose import compose_trial
+    from ihmodel.train import run_trial
+
+    config = compose_trial(TINY_TRIAL)
+    path = tmp_path_factory.mktemp("completed") / "trial.zarr"
+    run_trial(config, path)
+    return config, path

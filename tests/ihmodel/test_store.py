@@ -1,0 +1,160 @@
+"""The trial store: schema (dims, coords, variables, attrs), the completion marker, append and truncate."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from ihmodel.compose import compose_trial
+from ihmodel.config import from_yaml, trial_id
+from ihmodel.store import (EVALUATORS, VARIABLES, StoreWriter, checkpoint_path, is_complete, recorded_variables,
+                           scalar_coords)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def open_store(path) -> xr.Dataset:
+    return xr.open_zarr(path, consolidated=False)
+
+
+def test_completed_store_has_the_schema_of_ihmodel_store(completed_trial):
+    config, path = completed_trial
+
+    ds = open_store(path)
+
+    assert set(ds.data_vars) == set(VARIABLES)
+    for name, var in VARIABLES.items():
+        assert ds[name].dims == var.dims, name
+        assert ds[name].dtype == np.float32, name
+        assert ds[name].attrs["description"] == var.description, name
+        assert ds[name].attrs.get("units") == var.units, name
+    assert dict(ds.sizes) == {"step": 100, "eval_step": 5, "layer": 2, "head": 4, "evaluator": 4}
+    assert set(ds.coords) == {"step", "sequences", "eval_step", "eval_sequences", "layer", "head", "evaluator",
+                              *scalar_coords(config)}
+    assert ds.sequences.dims == ("step",) and ds.eval_sequences.dims == ("eval_step",)
+    assert ds["layer"].values.tolist() == [0, 1] and ds["head"].values.tolist() == [0, 1, 2, 3]
+    assert ds.evaluator.values.tolist() == list(EVALUATORS)
+    for name in ("step", "sequences", "eval_step", "eval_sequences", "layer", "head"):
+        assert np.issubdtype(ds[name].dtype, np.integer), name
+
+
+def test_trial_scalars_are_scalar_coords(completed_trial):
+    config, path = completed_trial
+
+    ds = open_store(path)
+
+    assert {"trial_id", "seed_init", "seed_data", "clamp_set", "n_train_classes", "n_labels"} <= set(ds.coords)
+    for name, value in scalar_coords(config).items():
+        assert ds[name].dims == (), name
+        assert ds[name].item() == value, name
+    assert ds.trial_id.item() == trial_id(config)
+    assert (ds.seed_init.item(), ds.clamp_set.item(), ds.n_train_classes.item()) == (5, "none", 10)
+    assert ds.seed_data.item() == config.data_seed and ds.seed_eval.item() == config.eval_seed
+
+
+def test_store_attrs(completed_trial):
+    config, path = completed_trial
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+
+    attrs = open_store(path).attrs
+
+    assert from_yaml(attrs["config_yaml"]) == config
+    assert trial_id(from_yaml(attrs["config_yaml"])) == trial_id(config)
+    assert attrs["icsweep_version"] == version("icsweep")
+    assert re.fullmatch(r"[0-9a-f]{40}", attrs["git_sha"]) and attrs["git_sha"] == head
+    assert attrs["complete"] is True
+    assert is_complete(path)
+
+
+def test_completion_marker_is_false_until_marked(tmp_path, tiny_trial):
+    config = compose_trial(tiny_trial)
+    path = tmp_path / "trial.zarr"
+
+    writer = StoreWriter.create(path, config)
+    assert is_complete(path) is False
+
+    writer.mark_complete()
+
+    assert is_complete(path) is True
+    assert open_store(path).attrs["complete"] is True
+
+
+def test_new_store_is_empty_along_step_and_readable(tmp_path, tiny_trial):
+    config = compose_trial(tiny_trial)
+
+    StoreWriter.create(tmp_path / "trial.zarr", config)
+    ds = open_store(tmp_path / "trial.zarr")
+
+    assert not is_complete(tmp_path / "trial.zarr")
+    assert ds.attrs["complete"] is False
+    assert dict(ds.sizes) == {"step": 0, "eval_step": 0, "layer": 2, "head": 4, "evaluator": 4}
+    assert set(ds.data_vars) == set(VARIABLES)
+
+
+def test_stats_choose_the_recorded_variables(tmp_path, tiny_trial):
+    config = compose_trial([*tiny_trial, "stats=[loss,acc]"])
+
+    StoreWriter.create(tmp_path / "trial.zarr", config)
+    ds = open_store(tmp_path / "trial.zarr")
+
+    assert recorded_variables(config) == ["loss", "acc"]
+    assert set(ds.data_vars) == {"loss", "acc"}
+    assert {"step", "eval_step", "layer", "head", "evaluator", "trial_id"} <= set(ds.coords)
+
+
+def test_eval_switch_records_the_five_evaluator_metrics(tmp_path, tiny_trial):
+    config = compose_trial([*tiny_trial, "stats=[eval]"])
+
+    StoreWriter.create(tmp_path / "trial.zarr", config)
+
+    assert set(open_store(tmp_path / "trial.zarr").data_vars) == {
+        "eval_loss", "eval_acc", "eval_icl_acc", "eval_icl_prob", "eval_context_prob"}
+
+
+def test_append_and_truncate(tmp_path, tiny_trial):
+    config = compose_trial([*tiny_trial, "stats=[loss,prev_token_score]"])
+    path = tmp_path / "trial.zarr"
+    writer = StoreWriter.create(path, config)
+    steps = np.arange(5)
+    head_rows = np.arange(5 * 2 * 4, dtype=np.float32).reshape(5, 2, 4)
+
+    writer.append("step", steps, steps * 32, {"loss": steps.astype(np.float32), "prev_token_score": head_rows})
+    writer.truncate(3, 0)  # resume from a checkpoint taken after 3 steps
+    writer.append("step", np.array([3, 4]), np.array([96, 128]),
+                  {"loss": np.array([30.0, 40.0], np.float32), "prev_token_score": -head_rows[:2]})
+    ds = open_store(path)
+
+    assert ds.step.values.tolist() == [0, 1, 2, 3, 4]
+    assert ds.sequences.values.tolist() == [0, 32, 64, 96, 128]
+    assert ds.loss.values.tolist() == [0.0, 1.0, 2.0, 30.0, 40.0]
+    np.testing.assert_array_equal(ds.prev_token_score.values, np.concatenate([head_rows[:3], -head_rows[:2]]))
+    assert writer.length("step") == 5 and writer.length("eval_step") == 0
+
+
+def test_checkpoint_path_sits_beside_the_store():
+    assert checkpoint_path("sweep/trials/0123abcd.zarr") == Path("sweep/trials/0123abcd.ckpt.pt")
+    assert checkpoint_path(Path("/x/t.zarr")) == Path("/x/t.ckpt.pt")
+
+
+def corrupt_stores(tmp_path) -> dict[str, Path]:
+    paths = {name: tmp_path / f"{name}.zarr" for name in ("missing", "empty", "file", "bad_json", "torn", "array",
+                                                         "no_node_type")}
+    paths["empty"].mkdir()
+    paths["file"].write_text("not a store")
+    for name, text in (("bad_json", "{not json"), ("torn", ""), ("no_node_type", json.dumps({"zarr_format": 3}))):
+        paths[name].mkdir()
+        (paths[name] / "zarr.json").write_text(text)
+    zarr.create_array(str(paths["array"]), shape=(3,), dtype="f4")
+    return paths
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "file", "bad_json", "torn", "array", "no_node_type"])
+def test_is_complete_is_false_for_a_missing_or_corrupt_store(tmp_path, case):
+    assert is_complete(corrupt_stores(tmp_path)[case]) is False
