@@ -18,7 +18,7 @@ from xarray.backends import BackendArray
 from xarray.core import indexing
 
 from ihmodel.store import EVALUATORS, VARIABLES
-from analysis.storeio import ROW_COORDS, Read, StoreInfo, read_many
+from analysis.storeio import ArrayMeta, Read, StoreInfo, read_many
 
 INNER_DIMS = ("layer", "head", "evaluator")
 
@@ -41,7 +41,11 @@ class Source:
     path: Path
     name: str
     rows: RowMap
-    inner: tuple[int, ...]  # the store array's own sizes along its inner dims
+    meta: ArrayMeta  # the store array's metadata: its shape[1:] are its own sizes along the inner dims
+
+    @property
+    def inner(self) -> tuple[int, ...]:
+        return self.meta.shape[1:]
 
 
 class GridArray(BackendArray):
@@ -80,7 +84,7 @@ class GridArray(BackendArray):
             rows = local[have]
             row_sel = slice(rows[0], rows[-1] + 1) if np.all(np.diff(rows) == 1) else rows
             sel = (row_sel, *(p[h] for p, h in zip(picks[g + 1:], inner_have)))
-            plans.append((out_cell, have, inner_have, Read(source.path, source.name, [sel])))
+            plans.append((out_cell, have, inner_have, Read(source.path, source.name, [sel], source.meta)))
         for (out_cell, have, inner_have, _), (block,) in zip(plans, read_many([plan[3] for plan in plans])):
             out[out_cell][np.ix_(have, *inner_have)] = block
         return out[tuple(slice(None) if k else 0 for k in keep)]
@@ -124,10 +128,11 @@ def align_rows(infos: Mapping[int, StoreInfo]) -> dict[str, RowAxis]:
     for cell, info in infos.items():
         if n := n_step[cell]:
             ends = [(slice(0, 1),), (slice(n - 1, n),)]
-            reads += [Read(info.path, "step", ends), Read(info.path, "sequences", ends)]
+            reads += [Read(info.path, name, ends, info.arrays[name]) for name in ("step", "sequences")]
             keys += [(cell, "step"), (cell, "sequences")]
         if m := n_eval[cell]:
-            reads += [Read(info.path, "eval_step", [(slice(0, m),)]), Read(info.path, "eval_sequences", [(slice(0, m),)])]
+            reads += [Read(info.path, name, [(slice(0, m),)], info.arrays[name])
+                      for name in ("eval_step", "eval_sequences")]
             keys += [(cell, "eval_step"), (cell, "eval_sequences")]
     got = {key: [np.asarray(part).reshape(-1) for part in value] for key, value in zip(keys, read_many(reads))}
 
@@ -135,7 +140,8 @@ def align_rows(infos: Mapping[int, StoreInfo]) -> dict[str, RowAxis]:
     ends = {cell: (int(got[cell, "step"][0][0]), int(got[cell, "step"][1][0])) for cell in infos if n_step[cell]}
     gappy = [cell for cell, (first, last) in ends.items() if last - first != n_step[cell] - 1]
     if gappy:
-        whole = read_many([Read(infos[cell].path, "step", [(slice(0, n_step[cell]),)]) for cell in gappy])
+        whole = read_many([Read(infos[cell].path, "step", [(slice(0, n_step[cell]),)], infos[cell].arrays["step"])
+                           for cell in gappy])
         whole = {cell: values.astype(np.int64) for cell, (values,) in zip(gappy, whole)}
         union, maps = _union_maps({cell: whole.get(cell, np.arange(first, last + 1))
                                    for cell, (first, last) in ends.items()})
@@ -211,7 +217,7 @@ def grid_variables(grid_dims: Sequence[str], grid_shape: tuple[int, ...], infos:
         if any(meta.dims != dims for meta in metas):
             raise ValueError(f"stores disagree on the dims of {name!r}: {sorted({m.dims for m in metas})}")
         row_dim, inner_dims = dims[0], dims[1:]
-        sources = {cell: Source(info.path, name, axes[row_dim].maps[cell], info.arrays[name].shape[1:])
+        sources = {cell: Source(info.path, name, axes[row_dim].maps[cell], info.arrays[name])
                    for cell, info in infos.items() if name in info.arrays and cell in axes[row_dim].maps}
         array = GridArray(grid_shape, len(axes[row_dim].values), tuple(inner_sizes[d] for d in inner_dims),
                           sources, np.float32)
@@ -233,7 +239,7 @@ def grid_variables(grid_dims: Sequence[str], grid_shape: tuple[int, ...], infos:
     if axes["step"].extra is not None:
         coords["sequences"] = ("step", axes["step"].extra, seq_attrs)
     else:  # stores disagree (e.g. a batch-size axis): a coordinate per cell, read lazily
-        sources = {cell: Source(info.path, "sequences", axes["step"].maps[cell], ())
+        sources = {cell: Source(info.path, "sequences", axes["step"].maps[cell], info.arrays["sequences"])
                    for cell, info in infos.items() if cell in axes["step"].maps}
         array = GridArray(grid_shape, len(axes["step"].values), (), sources, np.float64)
         coords["sequences"] = xr.Variable((*grid_dims, "step"), lazy(array), seq_attrs)

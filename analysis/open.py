@@ -156,7 +156,8 @@ def open_sweep(path: str | Path) -> xr.Dataset:
             configs[flat] = config_from_yaml(entry.config_yaml)
             continue
         config = _store_config(info)
-        if trial_id(config) != entry.id:
+        # The same config text is the same trial; otherwise compare ids (resource fields may differ).
+        if info.attrs["config_yaml"] != entry.config_yaml and trial_id(config) != entry.id:
             raise ValueError(f"{info.path}: holds trial {trial_id(config)}, not {entry.id} of sweep "
                              f"{manifest.sweep!r}; a store of another sweep? move it out of {trials_dir(sweep_dir)}")
         infos[flat], configs[flat] = info, config
