@@ -66,17 +66,15 @@ def cmd_run(args: list[str]) -> int:
 
 
 def _summarize(sweep_dir: Path):
-    """The phase-change table when the analysis package provides it, else the status summary."""
+    """The phase-change table (analysis.report) when it can be made, else the status summary."""
     try:
-        from analysis.report import analyze
+        from analysis.report import main as analyze_main
     except ImportError:
+        analyze_main = None
+    if analyze_main is None or analyze_main([str(sweep_dir)]) != 0:
         from orchestrator.status import report
 
         report(sweep_dir)
-        return
-    result = analyze(sweep_dir)
-    if result is not None:
-        print(result if isinstance(result, str) else getattr(result, "to_string", lambda: result)())
 
 
 def cmd_status(args: list[str]) -> int:

@@ -29,6 +29,7 @@ def prepare(sweep: Sweep, trials: list[Trial], axes: list[Axis], sweep_dir: Path
     sweep_dir.mkdir(parents=True, exist_ok=True)
     base = base_fingerprint(trials, axes)
     now = time.strftime("%Y-%m-%dT%H:%M:%S")
+    _check_not_foreign(sweep_dir)
     with _locked(sweep_dir / f".{MANIFEST}.lock"):
         if (sweep_dir / MANIFEST).is_file():
             old = read_manifest(sweep_dir)
@@ -36,11 +37,7 @@ def prepare(sweep: Sweep, trials: list[Trial], axes: list[Axis], sweep_dir: Path
             manifest = merge(old, axes, trials)
             manifest.extra.setdefault("created", now)
         else:
-            stray = sorted(p.name for p in sweep_dir.iterdir()
-                           if p.name not in ("trials", "logs") and not p.name.startswith(f".{MANIFEST}"))
-            if stray:
-                raise ValueError(f"out={sweep_dir} is not empty ({', '.join(stray[:3])}) and holds no sweep "
-                                 f"manifest; choose a new or empty directory")
+            _check_not_foreign(sweep_dir)
             manifest = merge(Manifest(sweep=sweep.name, sweep_config_yaml="", axes=[], trials=[]), axes, trials)
             manifest.extra["created"] = now
         for sub in (trials_dir(sweep_dir), logs_dir(sweep_dir)):
@@ -50,6 +47,17 @@ def prepare(sweep: Sweep, trials: list[Trial], axes: list[Axis], sweep_dir: Path
         manifest.extra["updated"] = now
         write_manifest(sweep_dir, manifest)
     return manifest
+
+
+def _check_not_foreign(sweep_dir: Path):
+    """A directory without a manifest must be empty (but for our own subdirectories): never write into a stranger."""
+    if (sweep_dir / MANIFEST).is_file():
+        return
+    stray = sorted(p.name for p in sweep_dir.iterdir()
+                   if p.name not in ("trials", "logs") and not p.name.startswith(f".{MANIFEST}"))
+    if stray:
+        raise ValueError(f"out={sweep_dir} is not empty ({', '.join(stray[:3])}) and holds no sweep manifest; "
+                         f"choose a new or empty directory")
 
 
 def base_fingerprint(trials: list[Trial], axes: list[Axis]) -> dict[str, Any]:

@@ -63,6 +63,7 @@ class LocalBackend(Backend):
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
         pool = self._pool(min(self.workers, len(trials)))
         running: dict[Future, Trial] = {}
+        finished = False
         try:
             while queue or running:
                 while queue and len(running) < self.workers:
@@ -90,8 +91,12 @@ class LocalBackend(Backend):
                     running.clear()
                     _kill(pool)
                     pool = self._pool(min(self.workers, max(1, len(queue))))
+            finished = True
         finally:
-            _kill(pool)
+            if finished:
+                pool.shutdown(wait=True)
+            else:  # interrupted (Ctrl-C, SIGTERM from icsweep cancel): stop the running trials now
+                _kill(pool)
             signal.signal(signal.SIGTERM, previous)
 
     def _pool(self, workers: int) -> ProcessPoolExecutor:

@@ -43,8 +43,7 @@ class RayBackend(Backend):
         import ray
         from ray import tune
 
-        os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no CSV/JSON/TensorBoard per trial
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no tables (we show our own progress)
         env = {name: str(self.threads) for name in THREAD_ENV}
         started = self._init(ray, env)
         try:

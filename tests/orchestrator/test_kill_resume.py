@@ -1,0 +1,113 @@
+"""kill -9 of the driver mid-sweep, then rerun: every trial complete exactly once, finished stores untouched, and
+the interrupted trial's statistics equal an uninterrupted run's."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import xarray as xr
+from conftest import PYTHON, TINY, attempts, icsweep, store_files
+
+from ihmodel.store import checkpoint_path, is_complete
+from ihmodel.sweepdir import read_manifest, store_path
+from orchestrator.run import run_sweep
+from orchestrator.status import pid_alive
+from orchestrator.sweep_config import load_sweep
+
+# Three trials of 200 steps, checkpoints every 20 steps: long enough to kill one between checkpoint and end.
+SWEEP = ["sweep=smoke", "seeds=[1,2,3]", "clamps=[none]", "axes.data.n_labels=[5]", *TINY,
+         "base.train.sequences=6400", "base.train.checkpoint_every=640", "base.train.eval_every=640"]
+
+
+def open_store(path: Path) -> xr.Dataset:
+    return xr.open_zarr(path, consolidated=False).load()
+
+
+def assert_same_statistics(expected: xr.Dataset, actual: xr.Dataset):
+    """Every variable and coordinate identical; store attrs (git sha, version) may legitimately differ."""
+    xr.testing.assert_identical(expected.drop_attrs(deep=False), actual.drop_attrs(deep=False))
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_kill_driver_then_rerun(tmp_path):
+    reference = tmp_path / "reference"
+    sweep = load_sweep(SWEEP[0].split("=")[1], [*SWEEP[1:], f"out={reference}", "local.workers=0"])
+    assert run_sweep(sweep, quiet=True) == 0
+
+    out = tmp_path / "killed"
+    driver = subprocess.Popen([PYTHON, "-m", "orchestrator.cli", "run", *SWEEP, f"out={out}", "local.workers=1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: (out / "manifest.json").is_file(), 60, "the manifest")
+        first, second, third = read_manifest(out).trial_ids()
+        wait_for(lambda: is_complete(store_path(out, first)) and checkpoint_path(store_path(out, second)).exists()
+                 and not is_complete(store_path(out, second)), 120, "trial 1 complete and trial 2 checkpointed")
+        running = (out / "logs" / f"{second}.running").read_text()
+        worker = int(__import__("json").loads(running)["pid"])
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(10)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    wait_for(lambda: not pid_alive(worker), 10, "the worker to die with its driver")
+    assert not is_complete(store_path(out, second))
+    finished = store_files(store_path(out, first))
+
+    proc = icsweep("run", *SWEEP, f"out={out}", "local.workers=1", check=True)
+    assert "1 complete, 2 to run" in proc.stdout
+    assert store_files(store_path(out, first)) == finished
+    runs = attempts(out)
+    for name, tid in (("first", first), ("second", second), ("third", third)):
+        assert [a["outcome"] for a in runs[tid]] == ["complete"], name
+        try:
+            assert_same_statistics(open_store(store_path(reference, tid)), open_store(store_path(out, tid)))
+        except AssertionError as error:
+            raise AssertionError(f"the {name} trial's statistics differ from the reference") from error
+    log = (out / "logs" / f"{second}.log").read_text()
+    assert log.count("--- icsweep trial") == 2  # killed once, resumed once
+
+
+def test_a_second_runner_waits_for_the_first(tmp_path):
+    """Two runners of one trial (an orphan and a rerun): the second waits on the lock, then finds it complete."""
+    from orchestrator.trial import execute
+
+    sweep = load_sweep("smoke", [f"out={tmp_path}", "local.workers=0", "seeds=[1]", "clamps=[none]",
+                                 "axes.data.n_labels=[5]", *TINY])
+    from orchestrator.grid import axes_of, expand
+    from orchestrator.sweep import prepare
+
+    trial, = expand(sweep)
+    prepare(sweep, [trial], axes_of(sweep), tmp_path)
+    lock = open(tmp_path / "logs" / f"{trial.id}.lock", "a")
+    import fcntl
+    import threading
+
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    result = {}
+    waiter = threading.Thread(target=lambda: result.update(
+        execute(tmp_path, trial.id, trial.config_yaml, threads=1, device="cpu", redirect=False)))
+    waiter.start()
+    time.sleep(1)
+    assert waiter.is_alive()  # blocked on the lock
+    from ihmodel import run_trial
+
+    config = trial.config
+    config.device = "cpu"
+    run_trial(config, store_path(tmp_path, trial.id))  # the "orphan" finishes it
+    fcntl.flock(lock, fcntl.LOCK_UN)
+    lock.close()
+    waiter.join(30)
+    assert result["outcome"] == "already complete"
+    assert trial.id not in attempts(tmp_path)
