@@ -190,8 +190,8 @@ def open_trials(paths: Iterable[str | Path]) -> xr.Dataset:
     ds = _assemble(("trial",), (len(paths),), infos, configs)
     ds = ds.assign_coords(trial=("trial", np.arange(len(paths))),
                           store=("trial", np.array([str(p) for p in paths], dtype=object)))
-    for name, value in scalar_coords(configs[0]).items() if configs else ():
-        if ds[name].dims != ("trial",):  # a constant is still a per-trial coordinate here
-            ds = ds.assign_coords({name: ("trial", np.repeat(ds[name].values[None], len(paths)))})
+    constants = [name for name in (scalar_coords(configs[0]) if configs else {}) if ds[name].dims != ("trial",)]
+    ds = ds.assign_coords({name: ("trial", np.repeat(ds[name].values[None], len(paths)))  # per trial here too
+                           for name in constants})
     _warn_incomplete("open_trials", [], incomplete, len(paths))
     return ds
