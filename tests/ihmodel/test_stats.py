@@ -169,7 +169,7 @@ def test_evaluate_averages_metrics_per_evaluator_whatever_the_batch_size(model, 
     induction_set = task.all_train_sequences()  # 2880 sequences
     clamp_set = ClampSet(ClampConfig(), model)
 
-    chunked = evaluate(clamp_set.forward, model, evaluators, induction_set, batch_size=7)
+    chunked = evaluate(clamp_set.forward, model, evaluators, induction_set, batch_size=97)  # ragged chunks
     whole = evaluate(clamp_set.forward, model, evaluators, induction_set, batch_size=4096)
 
     assert {name: tuple(value.shape) for name, value in whole.items()} == {
