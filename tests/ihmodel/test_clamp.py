@@ -321,12 +321,17 @@ def test_prev_token_pattern_head_gets_no_gradient_in_its_query_and_key(model, ba
     assert is_nonzero(qkv[qkv_rows(0)["q"]])
 
 
-def test_constant_pattern_blocks_every_query_and_key_of_the_layer(model, batch):
-    grads = gradients(clamps(model, IV(kind="constant", hook="blocks.1.attn.hook_pattern", value=0.2)), batch)
+@pytest.mark.parametrize("kind", ["zero", "constant", "mean", "checkpoint"])
+def test_constant_kinds_on_the_pattern_block_every_query_and_key_of_the_layer(model, batch, other_checkpoint, kind):
+    path, _ = other_checkpoint
+    intervention = IV(kind=kind, hook="blocks.1.attn.hook_pattern", value=0.2, checkpoint=str(path))
+
+    grads = gradients(clamps(model, intervention), batch)
+
     qkv = grads["blocks.1.attn.W_QKV.weight"]
 
     assert is_zero(qkv[:2 * INNER])  # every q and k row
-    assert is_nonzero(qkv[2 * INNER:])
+    assert is_nonzero(qkv[2 * INNER:]) == (kind != "zero")  # values still learn, unless nothing is attended to
 
 
 def test_perfect_copy_trains_the_heads_match_through_the_first_pass(model, batch):

@@ -116,6 +116,51 @@ def test_all_train_induction_set(tmp_path, tiny_trial):
     assert np.isfinite(ds.eval_induction_score).all()
 
 
+# ---- clamps are active in training statistics and in evaluations -------------------------------------------------
+
+def test_perfect_match_shows_in_step_and_eval_statistics(tmp_path, tiny_trial):
+    config = compose_trial([*tiny_trial, "train.sequences=640", "clamp=perfect_match"])  # 1:3 active, s=1
+
+    ds = load(run_trial(config, tmp_path / "trial.zarr"))
+
+    assert (ds.induction_score.sel(layer=1, head=3) == 1).all()  # all attention on the correct label token
+    assert (ds.eval_induction_score.sel(layer=1, head=3) == 1).all()
+    assert (ds.head_out_norm.sel(layer=1, head=[0, 1, 2]) == 0).all()  # values of every other layer-2 head zeroed
+    assert (ds.head_out_norm.sel(layer=1, head=3) > 0).all()
+    assert ds.clamp_set.item() == "perfect_match"
+
+
+def test_perfect_copy_shows_in_evaluations(tmp_path, tiny_trial):
+    config = compose_trial([*tiny_trial, "train.sequences=640", "clamp=perfect_copy"])
+
+    ds = load(run_trial(config, tmp_path / "trial.zarr"))
+
+    np.testing.assert_allclose(ds.eval_context_prob, 1, rtol=1e-6)  # every label outside the context has logit -1e9
+    assert (ds.eval_icl_acc == ds.eval_acc).all()
+
+
+def test_perfect_previous_token_pattern_shows_in_step_statistics(tmp_path, tiny_trial):
+    config = compose_trial([*tiny_trial, "train.sequences=640", "clamp=perfect_prev_tok_attn_single"])
+
+    ds = load(run_trial(config, tmp_path / "trial.zarr"))
+
+    assert (ds.prev_token_score.sel(layer=0, head=2) == 1).all()
+    assert (ds.pattern_entropy.sel(layer=0, head=2) == 0).all()
+    assert (ds.prev_token_score.sel(layer=0, head=[0, 1, 3]) < 1).all()
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_tiny_clamped_trial_on_cuda(tmp_path, tiny_trial):
+    overrides = [o for o in tiny_trial if not o.startswith("device=")]
+    config = compose_trial([*overrides, "device=cuda", "clamp=perfect_l1_and_copy"])
+
+    ds = load(run_trial(config, tmp_path / "trial.zarr"))
+
+    assert ds.sizes["step"] == 100 and np.isfinite(ds.loss).all()
+    np.testing.assert_allclose(ds.eval_context_prob, 1, rtol=1e-6)
+
+
 # ---- idempotence and refusal --------------------------------------------------------------------------------------
 
 def test_a_complete_store_returns_at_once_unchanged(completed_trial, monkeypatch):
