@@ -35,6 +35,12 @@ class Batch:
                      self.match[start:stop])
 
 
+def gumbel_argmax(log_weights: Tensor, generator: torch.Generator) -> Tensor:
+    """One sample per row from softmax(log_weights): [n, classes] -> [n, 1]."""
+    uniform = torch.rand(log_weights.shape, generator=generator, device=log_weights.device)
+    return (log_weights - (-uniform.log()).log()).argmax(dim=1, keepdim=True)
+
+
 def label_pairs(n_labels: int, val_fraction: float, seed_split: int) -> tuple[np.ndarray, np.ndarray]:
     """C(L,2) unordered pairs in lexicographic order, permuted once by the split seed, split train/val."""
     pairs = np.array(list(combinations(range(n_labels), 2)), dtype=np.int64)
@@ -69,7 +75,7 @@ class Task:
         self.train_pairs = torch.from_numpy(train_pairs).to(device)
         self.val_pairs = torch.from_numpy(val_pairs).to(device)
         ranks = torch.arange(1, config.n_train_classes + 1, dtype=torch.float64, device=device)
-        self.train_class_probs = (ranks ** -config.zipf_exponent).float()  # uniform at exponent 0
+        self.train_class_probs = (ranks ** -config.zipf_exponent).float()  # unnormalized; uniform at exponent 0
 
     @property
     def n_ctx(self) -> int:
@@ -82,9 +88,11 @@ class Task:
     def sample(self, n: int, generator: torch.Generator, classes: Tensor, class_probs: Tensor, exemplars: Tensor,
                pairs: Tensor) -> Batch:
         b, device = self.config.burstiness, self.device
-        probs = class_probs.expand(n, -1)
-        query = torch.multinomial(probs, 1, replacement=True, generator=generator)  # [n, 1] index into classes
-        distractor = torch.multinomial(probs.scatter(1, query, 0.0), 1, generator=generator)  # any other class
+        # Gumbel-max sampling: exact, batched, and without the checks that make torch.multinomial slow (and sync
+        # with the host on CUDA).
+        log_probs = class_probs.log().expand(n, -1)
+        query = gumbel_argmax(log_probs, generator)  # [n, 1] index into classes
+        distractor = gumbel_argmax(log_probs.scatter(1, query, float("-inf")), generator)  # any other class
         # Shuffle `b` query-class items and `b` distractor items: rank of a random key < b means query class.
         match = torch.rand(n, 2 * b, generator=generator, device=device).argsort(dim=1) < b
         pair = pairs[torch.randint(len(pairs), (n,), generator=generator, device=device)]  # [n, 2]
@@ -92,10 +100,15 @@ class Task:
         first, second = pair.gather(1, flip), pair.gather(1, 1 - flip)  # [n, 1] each
         item_class = torch.cat([torch.where(match, query, distractor), query], dim=1)  # [n, 2b+1]
         item_exemplar = exemplars[torch.randint(len(exemplars), item_class.shape, generator=generator, device=device)]
-        x = self.features[classes[item_class], item_exemplar]
+        x = self.exemplar_features(classes[item_class], item_exemplar)
         if self.config.noise > 0:
             x = x + self.config.noise * torch.randn(x.shape, generator=generator, device=device)
         return Batch(x=x, context_labels=torch.where(match, first, second), query_label=first[:, 0], match=match)
+
+    def exemplar_features(self, item_class: Tensor, item_exemplar: Tensor) -> Tensor:
+        """[n, item] class and exemplar ids -> [n, item, d_in] (one index_select on the flattened table)."""
+        flat = (item_class * self.features.shape[1] + item_exemplar).reshape(-1)
+        return self.features.view(-1, self.d_in).index_select(0, flat).view(*item_class.shape, self.d_in)
 
     def evaluators(self, config: EvalConfig, seed: int) -> dict[str, Batch]:
         """The fixed evaluation sets, made once from the eval seed (uniform class distribution)."""
@@ -129,5 +142,5 @@ class Task:
         match = match_first[m]
         item_class = torch.cat([torch.where(match, query[q, None], distractor[q, None]), query[q, None]], dim=1)
         first, second = ordered_pairs[p, :1], ordered_pairs[p, 1:]
-        x = self.features[self.train_classes[item_class], self.train_exemplars[0]]
+        x = self.exemplar_features(self.train_classes[item_class], self.train_exemplars[0].expand_as(item_class))
         return Batch(x=x, context_labels=torch.where(match, first, second), query_label=first[:, 0], match=match)
