@@ -96,6 +96,8 @@ class ClampSet:
             if hook not in model.hook_names():
                 raise ValueError(f"{source}: no hook {hook!r}; hooks are {', '.join(model.hook_names())}")
             heads = self._heads(iv, source, hook)
+            if iv.positions is not None and _axes(hook)[1] is None:
+                raise ValueError(f"{source}: hook {hook!r} has no position axis; drop positions")
             if iv.kind == "constant" and iv.value is None:
                 raise ValueError(f"{source}: kind constant needs a value (e.g. value: 0.5)")
             value = {"zero": partial(_constant, value=0.0), "constant": partial(_constant, value=iv.value),

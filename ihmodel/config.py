@@ -94,6 +94,9 @@ class TrainConfig:
         return -(-self.sequences // self.batch_size)
 
 
+EVALUATORS = ("fsl_train", "fsl_val_rl", "fsl_train_valex", "fsl_test_class")
+
+
 @dataclass
 class EvalConfig:
     size: int = 1000  # sequences per evaluator, made once from the eval seed
@@ -103,6 +106,9 @@ class EvalConfig:
     def __post_init__(self):
         if self.size <= 0:
             raise ValueError(f"eval.size={self.size}; must be positive")
+        choices = EVALUATORS + ("all_train",)
+        if self.induction_set not in choices:
+            raise ValueError(f"eval.induction_set={self.induction_set!r}; choose one of {', '.join(choices)}")
 
 
 @dataclass

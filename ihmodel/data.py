@@ -116,7 +116,7 @@ class Task:
         train_uniform = torch.ones(len(self.train_classes), device=self.device)
         test_uniform = torch.ones(len(self.test_classes), device=self.device)
         exemplar0 = self.train_exemplars[:1]
-        specs = {  # the keys are ihmodel.store.EVALUATORS
+        specs = {  # the keys are ihmodel.config.EVALUATORS
             "fsl_train": (self.train_classes, train_uniform, exemplar0, self.train_pairs),
             "fsl_val_rl": (self.train_classes, train_uniform, exemplar0, self.val_pairs),
             "fsl_train_valex": (self.train_classes, train_uniform, self.heldout_exemplars, self.train_pairs),

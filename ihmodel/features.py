@@ -42,7 +42,7 @@ def read_features_file(path: Path, key: str) -> np.ndarray:
         import h5py
 
         with h5py.File(path, "r") as file:
-            if key not in file:
+            if not isinstance(file.get(key), h5py.Dataset):
                 raise KeyError(f"features file {path} has no dataset {key!r} (found: {_h5_datasets(file)}); "
                                f"set data.features_key to one of them")
             array = np.asarray(file[key][...])

@@ -156,7 +156,7 @@ class Transformer(nn.Module):
         pairs = torch.stack([exemplars[:, :-1], labels], dim=2).reshape(batch, 2 * n_context, d_model)
         resid = self.hook_embed(torch.cat([pairs, exemplars[:, -1:]], dim=1))  # [batch, pos, d_model]
         if self.cfg.positional == "learned":
-            resid = resid + self.hook_pos_embed(self.pos_embed[: resid.shape[1]])
+            resid = resid + self.hook_pos_embed(self.pos_embed[: resid.shape[1]].expand_as(resid))
         for block in self.blocks:
             resid = block(resid)
         return self.hook_logits(self.unembed(self.ln_final(resid[:, -1])))

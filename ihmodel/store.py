@@ -16,9 +16,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from ihmodel.config import TrialConfig, to_yaml, trial_id
-
-EVALUATORS = ("fsl_train", "fsl_val_rl", "fsl_train_valex", "fsl_test_class")
+from ihmodel.config import EVALUATORS, TrialConfig, to_yaml, trial_id
 
 
 @dataclass(frozen=True)

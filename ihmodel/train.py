@@ -20,7 +20,7 @@ from ihmodel.config import TrialConfig, to_yaml, trial_id
 from ihmodel.data import Batch, Task
 from ihmodel.model import Transformer
 from ihmodel.stats import StepStats, evaluate
-from ihmodel.store import EVALUATORS, StoreWriter, checkpoint_path, is_complete
+from ihmodel.store import StoreWriter, checkpoint_path, is_complete
 
 
 def resolve_device(name: str) -> torch.device:
@@ -105,22 +105,26 @@ class Trial:
             results = evaluate(self.clamps.forward, self.model, self.evaluators, self.induction_set,
                                self.config.eval.batch_size)
             self.eval_rows.append((self.step, results))
-        self.n_evals += 1
+            self.n_evals += 1
         self.last_eval_step = self.step
 
-    def flush(self):
-        """Write the buffered step rows and eval rows to the store (one device-to-host copy per block)."""
+    def flush(self) -> dict:
+        """Write the buffered step rows and eval rows to the store (one device-to-host copy per block); returns
+        the step rows written."""
         batch_size = self.config.train.batch_size
+        rows = {}
         if self.stats.rows:
             first = self.step - self.stats.rows
             steps = torch.arange(first, self.step).numpy()
-            self.writer.append("step", steps, steps * batch_size, self.stats.drain())
+            rows = self.stats.drain()
+            self.writer.append("step", steps, steps * batch_size, rows)
         if self.eval_rows:
             steps = torch.tensor([s for s, _ in self.eval_rows]).numpy()
             names = [n for n in self.eval_rows[0][1] if n in self.writer.group]
-            rows = {n: torch.stack([r[n] for _, r in self.eval_rows]).cpu().numpy() for n in names}
-            self.writer.append("eval_step", steps, steps * batch_size, rows)
+            eval_rows = {n: torch.stack([r[n] for _, r in self.eval_rows]).cpu().numpy() for n in names}
+            self.writer.append("eval_step", steps, steps * batch_size, eval_rows)
             self.eval_rows = []
+        return rows
 
     def checkpoint(self):
         self.flush()
@@ -160,8 +164,9 @@ def run_trial(config: TrialConfig, store_path: str | Path | None = None, progres
         if crossed(trial.step, train.batch_size, train.checkpoint_every):
             trial.checkpoint()
         elif trial.stats.full:
-            trial.flush()
-            bar.set_postfix(loss=f"{trial.writer.group['loss'][-1]:.3f}", refresh=False)
+            rows = trial.flush()
+            if "loss" in rows:
+                bar.set_postfix(loss=f"{rows['loss'][-64:].mean():.3f}", refresh=False)
         bar.update(train.batch_size)
     if trial.last_eval_step != total:
         trial.evaluate()

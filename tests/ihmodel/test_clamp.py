@@ -515,8 +515,6 @@ def test_bad_clamp_is_a_one_line_value_error_at_build(model, interventions, mess
     assert "\n" not in str(error.value)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason="bug: clamp.py:407 indexes sizes[pos_axis] with pos_axis None for "
-                                       "hook_logits, a TypeError instead of a ValueError")
 def test_positions_on_the_logits_are_refused(model):
     with pytest.raises(ValueError, match=r"hook_logits"):
         clamps(model, IV(kind="zero", hook="hook_logits", positions=[0]))

@@ -171,8 +171,6 @@ def test_bad_overrides_are_one_line_value_errors(overrides, message):
     assert "\n" not in str(error.value)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: EvalConfig does not check induction_set; a typo surfaces in "
-                                       "Trial.__init__ as a bare KeyError naming no valid choice")
 def test_unknown_induction_set_is_refused_with_the_choices():
     with pytest.raises(ValueError, match=r"eval.induction_set='bogus'; choose one of fsl_train, fsl_val_rl, "
                                          r"fsl_train_valex, fsl_test_class, all_train"):

@@ -218,6 +218,23 @@ def test_zipf_exponent_skews_class_frequencies(data_config, identify):
     assert (zipf[:-1] >= zipf[1:] * 0.8).all()  # decreasing, up to noise
 
 
+def test_query_and_distractor_classes_follow_the_class_distribution(data_config, identify):
+    task = Task(replace(data_config, zipf_exponent=1.0), CPU)
+    p = 1 / torch.arange(1, 11, dtype=torch.float64)
+    p /= p.sum()
+    # the distractor is drawn from the same distribution, the query's class excluded
+    distractor_p = torch.stack([(p * p[c] / (1 - p)).sum() - p[c] * p[c] / (1 - p[c]) for c in range(10)])
+
+    batch = task.sample_train(20000, torch.Generator().manual_seed(11))
+    classes, _ = identify(task, batch.x)
+    query = torch.bincount(classes[:, -1], minlength=10).double() / 20000
+    distractor = torch.bincount(classes[:, :-1][~batch.match], minlength=10).double() / 20000
+
+    assert distractor_p.sum().item() == pytest.approx(1.0)
+    torch.testing.assert_close(query, p, atol=0.012, rtol=0)
+    torch.testing.assert_close(distractor, distractor_p, atol=0.012, rtol=0)
+
+
 def test_noise_changes_x_but_not_the_sequence(data_config):
     clean_task = Task(data_config, CPU)
     noisy_task = Task(replace(data_config, noise=0.1), CPU)

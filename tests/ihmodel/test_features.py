@@ -146,8 +146,6 @@ def test_missing_hdf5_key_lists_the_datasets_found(tmp_path, array):
     assert_one_line(error)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason="bug: features.py:45 checks `key in file`, which is true for an HDF5 group; "
-                                       "the group then fails with a TypeError from h5py")
 def test_hdf5_key_naming_a_group_is_a_missing_dataset(tmp_path, array):
     path = tmp_path / "features.h5"
     with h5py.File(path, "w") as file:

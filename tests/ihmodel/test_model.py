@@ -83,9 +83,6 @@ def test_learned_positions_fire_hook_pos_embed_and_drop_rotary(model_config, tas
                                seen["hook_embed"][0] + model.pos_embed.detach())
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="bug: model.py:159 hooks the bare pos_embed [pos, d_model], not "
-                                       "[batch, pos, d_model] as STYLE.md documents (a mean clamp then averages "
-                                       "over positions)")
 def test_hook_pos_embed_has_the_documented_shape(model_config, task, batch):
     model = Transformer(replace(model_config, positional="learned"), task.d_in, V, POS, seed=0)
 
