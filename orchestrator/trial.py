@@ -22,7 +22,7 @@ import traceback
 from pathlib import Path
 
 from ihmodel.config import from_yaml
-from ihmodel.store import is_complete
+from ihmodel.store import checkpoint_path, is_complete
 from ihmodel.sweepdir import logs_dir, store_path
 
 HEARTBEAT_S = 5.0  # how often a running trial touches its .running file
@@ -88,7 +88,8 @@ def _acquire(lock, files):
 
 
 def _run_locked(store, files, trial_id, config_yaml, threads, device, backend, redirect):
-    info = where() | {"backend": backend, "threads": threads, "log": str(files["log"]), "started": time.time()}
+    info = where() | {"backend": backend, "threads": threads, "log": str(files["log"]), "started": time.time(),
+                      "resumed": checkpoint_path(store).exists()}  # run_trial continues from that checkpoint
     files["running"].write_text(json.dumps(info))
     stop = threading.Event()
     beat = threading.Thread(target=_heartbeat, args=(files["running"], stop), daemon=True)
