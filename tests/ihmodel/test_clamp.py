@@ -122,6 +122,23 @@ def test_induction_pattern_puts_strength_on_the_matching_label_token(model, batc
     torch.testing.assert_close(actual[name][:, [0, 1, 3]], expected[name][:, [0, 1, 3]])
 
 
+def test_induction_pattern_spreads_strength_over_the_matching_label_tokens_at_burstiness_2(model_config):
+    from ihmodel.config import DataConfig
+    from ihmodel.data import Task
+
+    task = Task(DataConfig(n_train_classes=10, n_test_classes=20, synthetic_classes=60, synthetic_dim=16,
+                           burstiness=2, context_len=4), torch.device("cpu"))
+    model = Transformer(model_config, task.d_in, 5, task.n_ctx, seed=0)
+    batch = task.sample_train(6, torch.Generator().manual_seed(0))
+    name = "blocks.1.attn.hook_pattern"
+
+    seen, _ = main_pass(clamps(model, IV(kind="induction_pattern", layer=1, heads=[0], strength=0.8)), batch, [name])
+
+    query_row = torch.zeros(len(batch), task.n_ctx)  # label tokens 1, 3, 5, 7; two match, two do not
+    query_row[:, 1::2] = torch.where(batch.match, 0.8 / 2, 0.2 / 2)
+    torch.testing.assert_close(seen[name][:, 0, -1], query_row)
+
+
 def test_zero_value_zeroes_the_chosen_heads_values_only(model, batch):
     names = ["blocks.1.attn.hook_v", "blocks.1.attn.hook_z"]
     expected, _ = plain(model, batch, names)
