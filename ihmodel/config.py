@@ -71,6 +71,9 @@ class ModelConfig:
             raise ValueError(f"model.d_head={self.d_head}; rotary embedding needs an even head dimension")
 
 
+COMPILE_MIN_STEPS = 10_000
+
+
 @dataclass
 class TrainConfig:
     sequences: int = 1_000_000  # budget in training sequences (the paper counts sequences, not steps)
@@ -82,7 +85,7 @@ class TrainConfig:
     eval_every: int = 10_000  # sequences between evaluations (also at 0 and at the end)
     checkpoint_every: int = 100_000  # sequences between checkpoints (and at the end)
     flush_every: int = 1024  # optimizer steps of statistics kept on the device before a write to the store
-    compile: bool = False  # torch.compile the training forward (clamps and statistics included); same numbers
+    compile: bool | None = None  # torch.compile the training forward (clamps, statistics); None = when long enough
 
     def __post_init__(self):
         for name in ("sequences", "batch_size", "eval_every", "checkpoint_every", "flush_every"):
@@ -92,6 +95,12 @@ class TrainConfig:
     @property
     def steps(self) -> int:
         return -(-self.sequences // self.batch_size)
+
+    @property
+    def compiled(self) -> bool:
+        """Compiling costs seconds (minutes on a cold cache) and saves about half of each step's time, so by
+        default only trials of at least COMPILE_MIN_STEPS steps compile."""
+        return self.compile if self.compile is not None else self.steps >= COMPILE_MIN_STEPS
 
 
 EVALUATORS = ("fsl_train", "fsl_val_rl", "fsl_train_valex", "fsl_test_class")

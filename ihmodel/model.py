@@ -43,16 +43,19 @@ def lecun_normal_(weight: Tensor, generator: torch.Generator) -> Tensor:
     return nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std, generator=generator)
 
 
-def rope_tables(n_ctx: int, d_head: int, base: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Rotary embedding on interleaved pairs (2i, 2i+1) at angle p * base^(-2i/d_head), written as
-    x * cos + (x @ swap) * sin, where swap maps (a, b) -> (-b, a) per pair: elementwise ops only, no stacking."""
+def rope_tables(n_ctx: int, d_head: int, base: float) -> tuple[Tensor, Tensor]:
+    """Rotary embedding on interleaved pairs (2i, 2i+1) at angle p * base^(-2i/d_head), as tables for
+    `rotate_pairs`: cos [pos, 1, d_head] and sin with the sign of each pair's first element flipped."""
     angle = torch.arange(n_ctx)[:, None] * base ** (-torch.arange(0, d_head, 2) / d_head)  # [pos, d_head/2]
-    cos = angle.cos().repeat_interleave(2, dim=-1)[:, None, :]  # [pos, 1, d_head]
-    sin = angle.sin().repeat_interleave(2, dim=-1)[:, None, :]
-    swap = torch.zeros(d_head, d_head)
-    swap[1::2, 0::2] = -torch.eye(d_head // 2)  # out[2i] = -x[2i+1]
-    swap[0::2, 1::2] = torch.eye(d_head // 2)  # out[2i+1] = x[2i]
-    return cos, sin, swap
+    cos = angle.cos().repeat_interleave(2, dim=-1)[:, None, :]
+    signed_sin = (angle.sin()[..., None] * torch.tensor([-1.0, 1.0])).flatten(-2)[:, None, :]
+    return cos, signed_sin
+
+
+def rotate_pairs(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
+    """x [batch, pos, head, d_head]: (a, b) -> (a cos - b sin, b cos + a sin) on each pair, elementwise only."""
+    swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (a, b) -> (b, a)
+    return x * cos + swapped * signed_sin
 
 
 class Attention(nn.Module):
@@ -65,28 +68,27 @@ class Attention(nn.Module):
         for name in ("q", "k", "v", "rot_q", "rot_k", "attn_scores", "pattern", "z", "result"):
             setattr(self, f"hook_{name}", HookPoint())
         if cfg.positional == "rope":
-            for name, table in zip(("rope_cos", "rope_sin", "rope_swap"), rope_tables(n_ctx, cfg.d_head, cfg.rope_base)):
+            for name, table in zip(("rope_cos", "rope_sin"), rope_tables(n_ctx, cfg.d_head, cfg.rope_base)):
                 self.register_buffer(name, table, persistent=False)
         causal = torch.ones(n_ctx, n_ctx, dtype=torch.bool).tril()  # a token sees itself and the past
         self.register_buffer("mask_bias", torch.zeros(n_ctx, n_ctx).masked_fill(~causal, float("-inf")),
                              persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:  # x: [batch, pos, d_model]
-        # Small tensors make this overhead-bound: few ops, batched matmuls over [batch, head, pos, d_head] views,
-        # and a hand-written softmax (the library kernel is slow for rows of 5 on CPU).
+        # Tensors this small make batched matmuls (one tiny GEMM per batch x head) the bottleneck: the per-head
+        # products are broadcast multiply-and-sum instead, which torch.compile fuses into single loops.
         batch, pos, _ = x.shape
         cfg = self.cfg
         q, k, v = self.W_QKV(x).view(batch, pos, 3, cfg.n_heads, cfg.d_head).unbind(2)  # [batch, pos, head, d_head]
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         if cfg.positional == "rope":
             cos, sin = self.rope_cos[:pos], self.rope_sin[:pos]
-            q = self.hook_rot_q(q * cos + (q @ self.rope_swap) * sin)
-            k = self.hook_rot_k(k * cos + (k @ self.rope_swap) * sin)
-        scores = (q.transpose(1, 2) @ k.permute(0, 2, 3, 1)) * (cfg.d_head ** -0.5)  # [batch, head, query, key]
+            q, k = self.hook_rot_q(rotate_pairs(q, cos, sin)), self.hook_rot_k(rotate_pairs(k, cos, sin))
+        scores = (q[:, :, None] * k[:, None]).sum(-1).permute(0, 3, 1, 2) * cfg.d_head ** -0.5  # [batch, head, q, k]
         scores = self.hook_attn_scores(scores + self.mask_bias[:pos, :pos])
-        exp = (scores - scores.amax(dim=-1, keepdim=True)).exp()
+        exp = (scores - scores.amax(dim=-1, keepdim=True)).exp()  # the library softmax is slow for rows of 5 on CPU
         pattern = self.hook_pattern(exp / exp.sum(dim=-1, keepdim=True))  # [batch, head, query_pos, key_pos]
-        z = self.hook_z((pattern @ v.transpose(1, 2)).transpose(1, 2))  # [batch, pos, head, d_head]
+        z = self.hook_z((pattern.permute(0, 2, 3, 1)[..., None] * v[:, None]).sum(2))  # [batch, pos, head, d_head]
         if cfg.use_hook_result:
             W_O = self.W_O.weight.T.reshape(cfg.n_heads, cfg.d_head, cfg.d_model)
             return self.hook_result(torch.einsum("bqhd,hdm->bqhm", z, W_O)).sum(dim=2)

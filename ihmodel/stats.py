@@ -60,8 +60,11 @@ def pattern_entropy(pattern: Tensor) -> Tensor:
 
 def head_out_norm(z: Tensor, W_O: Tensor) -> Tensor:
     """z [layer, batch, pos, head, d_head], W_O [layer, head, d_head, d_model] -> [layer, head]: mean L2 norm of each
-    head's write into the residual stream."""
-    return torch.einsum("lbphd,lhdm->lbphm", z, W_O).norm(dim=-1).mean(dim=(1, 2))
+    head's write z W_O into the residual stream, as sqrt(z^T (W_O W_O^T) z): d_head x d_head per head instead of
+    d_model wide products, and broadcast arithmetic rather than one tiny matmul per head."""
+    gram = W_O @ W_O.transpose(-1, -2)  # [layer, head, d_head, d_head]
+    squared = (z[..., :, None] * gram[:, None, None] * z[..., None, :]).sum(dim=(-1, -2))
+    return squared.clamp_min(0).sqrt().mean(dim=(1, 2))
 
 
 def stacked_W_O(model: Transformer) -> Tensor:

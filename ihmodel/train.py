@@ -55,7 +55,7 @@ class Trial:
         self.induction_set = (self.task.all_train_sequences() if config.eval.induction_set == "all_train"
                               else self.evaluators[config.eval.induction_set])
         self.stats = StepStats(self.model, config.stats, train.flush_every, self.device)
-        self.forward = torch.compile(self.forward_loss_stats) if train.compile else self.forward_loss_stats
+        self.forward = torch.compile(self.forward_loss_stats) if train.compiled else self.forward_loss_stats
         self.eval_rows: list[tuple[int, dict]] = []
         self.step = 0
         self.n_evals = 0
