@@ -341,19 +341,6 @@ def test_sigkill_at_a_random_moment_after_the_first_checkpoint(tmp_path, tiny_tr
     xr.testing.assert_identical(expected, actual)
 
 
-@pytest.mark.slow
-def test_compiled_training_gives_the_same_numbers_up_to_rounding(tmp_path, tiny_trial):
-    """train.compile=true (about 45 s of compiling on CPU): the same statistics as eager, to float rounding."""
-    overrides = [*tiny_trial, "train.sequences=640", "clamp=perfect_l1_and_copy"]
-    eager = load(run_trial(compose_trial(overrides), tmp_path / "eager.zarr"))
-
-    compiled = load(run_trial(compose_trial([*overrides, "train.compile=true"]), tmp_path / "compiled.zarr"))
-
-    assert set(compiled.data_vars) == set(eager.data_vars)
-    for name in eager.data_vars:
-        np.testing.assert_allclose(compiled[name], eager[name], rtol=1e-4, atol=1e-5, err_msg=name)
-
-
 # ---- the command line ---------------------------------------------------------------------------------------------
 
 def test_cli_runs_a_trial_and_prints_its_id(tmp_path, tiny_trial):
