@@ -99,6 +99,8 @@ class Monitor:
         _, states = sweep_states(self.sweep_dir, detail=False, ids=self.ids)
         c = counts(states)
         c["complete"] += self.done_before
+        self.ids = [t.id for t in states if t.state != "complete"]  # complete is final: stop looking at those
+        self.done_before = c["complete"]
         if self._tty:
             self._bar.n = c["complete"]
             self._bar.set_postfix(running=c["running"], failed=c["failed"], refresh=False)

@@ -104,8 +104,9 @@ def format_counts(c: dict[str, int]) -> str:
     return "  ".join(f"{s} {c[s]}" for s in STATES)
 
 
-def report(sweep_dir: Path, out=sys.stdout) -> dict[str, int]:
+def report(sweep_dir: Path, out=None) -> dict[str, int]:
     """`icsweep status DIR`: counts, running trials with progress, the error of each failed trial."""
+    out = out or sys.stdout
     manifest, states = sweep_states(sweep_dir)
     c = counts(states)
     print(f"sweep {manifest.sweep} in {sweep_dir}: {len(states)} trials", file=out)
@@ -128,8 +129,9 @@ def report(sweep_dir: Path, out=sys.stdout) -> dict[str, int]:
     return c
 
 
-def listing(sweep_dir: Path, out=sys.stdout):
+def listing(sweep_dir: Path, out=None):
     """`icsweep list DIR`: one line per trial: id, state, progress, axis values."""
+    out = out or sys.stdout
     _, states = sweep_states(sweep_dir)
     for t in states:
         pct = f"{100 * t.progress:3.0f}%" if t.progress is not None else "    "
