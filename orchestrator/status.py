@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -126,7 +127,27 @@ def report(sweep_dir: Path, out=None) -> dict[str, int]:
     partial = sum(t.partial for t in states if t.state == "pending")
     if partial:
         print(f"  ({partial} pending trials have a checkpoint and will resume)", file=out)
+    queued = slurm_queue(sweep_dir)
+    if queued:
+        states_seen = ", ".join(f"{n} {s.lower()}" for s, n in sorted(queued.items()))
+        print(f"  SLURM: {states_seen} array tasks of this sweep", file=out)
     return c
+
+
+def slurm_queue(sweep_dir: Path) -> dict[str, int]:
+    """{SLURM state: count} of this sweep's array tasks still in the queue (display only; stores decide)."""
+    if not (Path(sweep_dir) / "logs" / "submitit" / "jobs.json").is_file():
+        return {}
+    from orchestrator.backends.submitit import active_jobs
+
+    try:
+        active = active_jobs(sweep_dir)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    found: dict[str, int] = {}
+    for state in active.values():
+        found[state] = found.get(state, 0) + 1
+    return found
 
 
 def listing(sweep_dir: Path, out=None):
