@@ -11,6 +11,7 @@ the sweep's logs/, what `icsweep status` needs without any backend state:
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -76,7 +77,8 @@ def execute(sweep_dir: str | Path, trial_id: str, config_yaml: str, *, threads: 
                 return {"id": trial_id, "outcome": "already complete", "seconds": 0.0}
             return _run_locked(store, files, trial_id, config_yaml, threads, device, backend, redirect)
         finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            with contextlib.suppress(OSError):
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _acquire(lock, files):
@@ -85,6 +87,11 @@ def _acquire(lock, files):
     except BlockingIOError:
         print(f"icsweep: {files['lock']} is held by another runner; waiting for it", file=sys.stderr, flush=True)
         fcntl.flock(lock, fcntl.LOCK_EX)
+    except OSError as error:  # a shared filesystem without locks (ENOLCK, EOPNOTSUPP): run unguarded
+        if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise
+        print(f"icsweep: no file locks on {files['lock'].parent} ({error.strerror}); running unguarded",
+              file=sys.stderr, flush=True)
 
 
 def _run_locked(store, files, trial_id, config_yaml, threads, device, backend, redirect):

@@ -58,7 +58,7 @@ def test_status_list_and_analyze_after_a_run(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_cancel_stops_a_local_driver_and_rerun_resumes(tmp_path):
+def test_cancel_stops_a_local_driver_and_its_workers(tmp_path):
     out = tmp_path / "long"
     sweep = ["sweep=smoke", f"out={out}", "seeds=[1]", "clamps=[none]", *TINY, "base.train.sequences=64000",
              "base.train.checkpoint_every=640"]

@@ -1,0 +1,1 @@
+"""Backends: local (process pool), ray (Ray Tune), submitit (SLURM job arrays); see base.Backend."""
