@@ -26,6 +26,8 @@ def save_checkpoint(path: Path, config: TrialConfig, model: Transformer, optimiz
         "n_evals": n_evals,  # eval rows in the store
         "model_shape": {"d_in": model.embed_exemplar.in_features, "d_vocab": model.d_vocab, "n_ctx": model.n_ctx},
     }
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed mid-write
+        stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)

@@ -110,7 +110,7 @@ EVALUATORS = ("fsl_train", "fsl_val_rl", "fsl_train_valex", "fsl_test_class")
 class EvalConfig:
     size: int = 1000  # sequences per evaluator, made once from the eval seed
     induction_set: str = "fsl_train"  # sequences for eval_induction_score: an evaluator name or all_train
-    batch_size: int = 4096  # evaluation forward-pass batch (memory only, not the result)
+    batch_size: int = 4096  # evaluation forward-pass chunk: bounds memory; results equal up to float rounding
 
     def __post_init__(self):
         if self.size <= 0:

@@ -85,7 +85,8 @@ class Attention(nn.Module):
             cos, sin = self.rope_cos[:pos], self.rope_sin[:pos]
             q, k = self.hook_rot_q(rotate_pairs(q, cos, sin)), self.hook_rot_k(rotate_pairs(k, cos, sin))
         scores = (q[:, :, None] * k[:, None]).sum(-1).permute(0, 3, 1, 2) * cfg.d_head ** -0.5  # [batch, head, q, k]
-        scores = self.hook_attn_scores(scores + self.mask_bias[:pos, :pos])
+        # The causal mask comes after the hook, so no clamp on the scores can let a token see the future.
+        scores = self.hook_attn_scores(scores) + self.mask_bias[:pos, :pos]
         exp = (scores - scores.amax(dim=-1, keepdim=True)).exp()  # the library softmax is slow for rows of 5 on CPU
         pattern = self.hook_pattern(exp / exp.sum(dim=-1, keepdim=True))  # [batch, head, query_pos, key_pos]
         z = self.hook_z((pattern.permute(0, 2, 3, 1)[..., None] * v[:, None]).sum(2))  # [batch, pos, head, d_head]
@@ -177,6 +178,8 @@ class Transformer(nn.Module):
         attached = []
         try:
             for name, fn in fwd_hooks:
+                if name not in self.hook_dict:
+                    raise ValueError(f"no hook {name!r}; hooks are {', '.join(self.hook_names())}")
                 self.hook_dict[name].fns.append(fn)
                 attached.append((name, fn))
             yield self

@@ -90,7 +90,7 @@ def checkpoint_path(store_path: str | Path) -> Path:
 def is_complete(store_path: str | Path) -> bool:
     try:
         return bool(zarr.open_group(str(store_path), mode="r").attrs.get("complete", False))
-    except (FileNotFoundError, ValueError, zarr.errors.GroupNotFoundError, OSError):
+    except (FileNotFoundError, ValueError, TypeError, AttributeError, zarr.errors.GroupNotFoundError, OSError):
         return False
 
 

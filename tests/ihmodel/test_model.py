@@ -130,7 +130,7 @@ def test_hooks_are_removed_when_the_block_raises(model, batch):
 
 
 def test_unknown_hook_name_attaches_nothing(model):
-    with pytest.raises(KeyError, match="blocks.2.attn.hook_pattern"):
+    with pytest.raises(ValueError, match=r"no hook 'blocks.2.attn.hook_pattern'; hooks are hook_embed, "):
         with model.hooks([("hook_embed", lambda x, *, hook: None), ("blocks.2.attn.hook_pattern", print)]):
             pass
 
@@ -195,7 +195,7 @@ def test_rope_rotates_interleaved_pairs(model, batch):
             torch.testing.assert_close(actual, expected.float())
 
 
-def test_scores_are_rotated_dot_products_over_sqrt_d_head_with_a_causal_mask(model, batch):
+def test_scores_are_rotated_dot_products_over_sqrt_d_head_masked_after_the_hook(model, batch):
     seen = record_all(model, batch)
     q, k = seen["blocks.1.attn.hook_rot_q"][0], seen["blocks.1.attn.hook_rot_k"][0]
     future = torch.ones(POS, POS, dtype=torch.bool).triu(1)
@@ -203,9 +203,18 @@ def test_scores_are_rotated_dot_products_over_sqrt_d_head_with_a_causal_mask(mod
     expected = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(DH)
     scores = seen["blocks.1.attn.hook_attn_scores"][0]
 
-    assert torch.isneginf(scores[..., future]).all()
-    torch.testing.assert_close(scores[..., ~future], expected[..., ~future])
-    torch.testing.assert_close(seen["blocks.1.attn.hook_pattern"][0], scores.softmax(-1))
+    torch.testing.assert_close(scores, expected)  # the hook sees every score; the causal mask comes after it
+    torch.testing.assert_close(seen["blocks.1.attn.hook_pattern"][0], scores.masked_fill(future, -math.inf).softmax(-1))
+
+
+def test_a_clamp_on_the_scores_cannot_unmask_the_future(model, batch):
+    with model.hooks([("blocks.0.attn.hook_attn_scores", lambda x, *, hook: torch.zeros_like(x))]):
+        seen = record_all(model, batch)
+
+    future = torch.ones(POS, POS, dtype=torch.bool).triu(1)
+    pattern = seen["blocks.0.attn.hook_pattern"][0]
+    assert (pattern[..., future] == 0).all()
+    torch.testing.assert_close(pattern[:, :, -1], torch.full_like(pattern[:, :, -1], 1 / POS))
 
 
 def test_causal_pattern_is_lower_triangular_with_rows_summing_to_one(model, batch):
