@@ -19,7 +19,7 @@ from ihmodel.clamp import ClampSet
 from ihmodel.config import TrialConfig, to_yaml, trial_id
 from ihmodel.data import Batch, Task
 from ihmodel.model import Transformer
-from ihmodel.stats import StepStats, evaluate
+from ihmodel.stats import Evaluation, StepStats
 from ihmodel.store import StoreWriter, checkpoint_path, is_complete
 
 
@@ -51,11 +51,15 @@ class Trial:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=train.lr, betas=(train.beta1, train.beta2),
                                           eps=train.adam_eps, **_fast_adam(self.device))
         self.generator = torch.Generator(self.device).manual_seed(config.data_seed)
-        self.evaluators = self.task.evaluators(config.eval, config.eval_seed)
-        self.induction_set = (self.task.all_train_sequences() if config.eval.induction_set == "all_train"
-                              else self.evaluators[config.eval.induction_set])
+        induction_set = config.eval.induction_set
+        self.evaluation = Evaluation(self.clamps, self.task.evaluators(config.eval, config.eval_seed), induction_set,
+                                     self.task.all_train_sequences() if induction_set == "all_train" else None,
+                                     config.eval.batch_size)
         self.stats = StepStats(self.model, config.stats, train.flush_every, self.device)
-        self.forward = torch.compile(self.forward_loss_stats) if train.compiled else self.forward_loss_stats
+        self.forward = self.forward_loss_stats
+        if train.compiled:
+            self.forward = torch.compile(self.forward_loss_stats)
+            self.evaluation.chunk = torch.compile(self.evaluation.chunk_sums)
         self.eval_rows: list[tuple[int, dict]] = []
         self.step = 0
         self.n_evals = 0
@@ -102,9 +106,7 @@ class Trial:
 
     def evaluate(self):
         if {"eval", "eval_induction_score"} & set(self.config.stats):
-            results = evaluate(self.clamps.forward, self.model, self.evaluators, self.induction_set,
-                               self.config.eval.batch_size)
-            self.eval_rows.append((self.step, results))
+            self.eval_rows.append((self.step, self.evaluation()))
             self.n_evals += 1
         self.last_eval_step = self.step
 

@@ -285,7 +285,7 @@ def test_evaluators_of_a_trial_do_not_depend_on_its_data_seed(tmp_path, data_con
 
     assert configs[0].eval_seed == configs[1].eval_seed
     for name in EVALUATORS:
-        assert_batches_equal(first.evaluators[name], second.evaluators[name])
+        assert_batches_equal(first.evaluation.evaluators[name], second.evaluation.evaluators[name])
     a, b = (trial.task.sample_train(50, trial.generator) for trial in (first, second))
     assert not torch.equal(a.context_labels, b.context_labels)  # ...while the training streams differ
 

@@ -1,4 +1,4 @@
-"""Statistics against hand computations on tiny hand-made patterns, z and logits; the step buffer; evaluate()."""
+"""Statistics against hand computations on tiny hand-made patterns, z and logits; the step buffer; Evaluation."""
 from __future__ import annotations
 
 import math
@@ -12,7 +12,7 @@ from ihmodel.clamp import ClampSet
 from ihmodel.config import STAT_NAMES, ClampConfig, EvalConfig
 from ihmodel.data import Batch
 from ihmodel.model import Transformer
-from ihmodel.stats import (StepStats, classification_metrics, evaluate, head_out_norm, induction_score,
+from ihmodel.stats import (Evaluation, StepStats, classification_metrics, head_out_norm, induction_score,
                            pattern_entropy, prev_token_score, stacked_W_O)
 
 POS = 5
@@ -169,8 +169,8 @@ def test_evaluate_averages_metrics_per_evaluator_whatever_the_batch_size(model, 
     induction_set = task.all_train_sequences()  # 2880 sequences
     clamp_set = ClampSet(ClampConfig(), model)
 
-    chunked = evaluate(clamp_set.forward, model, evaluators, induction_set, batch_size=97)  # ragged chunks
-    whole = evaluate(clamp_set.forward, model, evaluators, induction_set, batch_size=4096)
+    chunked = Evaluation(clamp_set, evaluators, "all_train", induction_set, batch_size=97)()  # ragged chunks
+    whole = Evaluation(clamp_set, evaluators, "all_train", induction_set, batch_size=4096)()
 
     assert {name: tuple(value.shape) for name, value in whole.items()} == {
         "eval_loss": (4,), "eval_acc": (4,), "eval_icl_acc": (4,), "eval_icl_prob": (4,), "eval_context_prob": (4,),
@@ -198,3 +198,13 @@ def test_step_stats_without_step_variables_records_nothing(model, task):
     stats.record(stats.row(batch, logits, F.cross_entropy(logits, batch.query_label)), grad_norm=lambda: 1 / 0)
 
     assert stats.drain() == {}
+
+
+def test_the_induction_score_of_an_evaluator_comes_from_its_own_forward(model, task):
+    evaluators = task.evaluators(EvalConfig(size=50), seed=1)
+    clamp_set = ClampSet(ClampConfig(), model)
+
+    shared = Evaluation(clamp_set, evaluators, "fsl_val_rl", None, batch_size=4096)()
+    separate = Evaluation(clamp_set, {"fsl_val_rl": evaluators["fsl_val_rl"]}, "fsl_val_rl", None, batch_size=16)()
+
+    torch.testing.assert_close(shared["eval_induction_score"], separate["eval_induction_score"])

@@ -23,7 +23,6 @@ import ihmodel.train as train
 from ihmodel.checkpoint import load_checkpoint
 from ihmodel.compose import clamp_set_names, compose_trial
 from ihmodel.config import from_yaml, trial_id
-from ihmodel.stats import evaluate
 from ihmodel.store import EVALUATORS, checkpoint_path, is_complete
 from ihmodel.train import Trial, crossed, main, run_trial
 
@@ -71,7 +70,7 @@ def test_step_0_is_the_initial_model_on_the_first_batch(completed_trial, tmp_pat
     batch = trial.task.sample_train(config.train.batch_size, trial.generator)
     with torch.no_grad():
         logits = trial.clamps.forward(batch)
-        evaluation = evaluate(trial.clamps.forward, trial.model, trial.evaluators, trial.induction_set, 4096)
+        evaluation = trial.evaluation()
     ds = load(path)
 
     assert ds.loss[0].item() == pytest.approx(F.cross_entropy(logits, batch.query_label).item(), rel=1e-6)
