@@ -108,12 +108,18 @@ def merge(old: Manifest, axes: list[Axis], trials: list[Trial]) -> Manifest:
         order.setdefault(axis.name, [])
         order[axis.name] += [v for v in axis.values if v not in order[axis.name]]
     for tid, entry in entries.items():
-        config = configs[tid] or from_yaml(entry.config_yaml)
-        entry.axes = {a.name: axis_value(config, a) for a in merged_axes}
+        config = configs[tid]
+        if config is None and any(a.name not in entry.axes for a in merged_axes):
+            config = from_yaml(entry.config_yaml)  # an old trial, and a new axis: read its value off its config
+        entry.axes = {a.name: axis_value(config, a) if config is not None else entry.axes[a.name]
+                      for a in merged_axes}
     for axis in merged_axes:
-        seen = [v for v in order.get(axis.name, []) if any(e.axes[axis.name] == v for e in entries.values())]
-        extra = [e.axes[axis.name] for e in entries.values()]
-        axis.values = seen + [v for i, v in enumerate(extra) if v not in seen and v not in extra[:i]]
+        present: dict[str, Any] = {}
+        for entry in entries.values():
+            present.setdefault(_norm_key(entry.axes[axis.name]), entry.axes[axis.name])
+        ordered = [v for v in order.get(axis.name, []) if _norm_key(v) in present]
+        known = {_norm_key(v) for v in ordered}
+        axis.values = ordered + [v for k, v in present.items() if k not in known]
     return Manifest(sweep=old.sweep, sweep_config_yaml=old.sweep_config_yaml, axes=merged_axes,
                     trials=list(entries.values()), format_version=old.format_version, extra=dict(old.extra))
 
@@ -137,6 +143,10 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def _norm_key(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 def _norm(value: Any) -> Any:

@@ -8,6 +8,7 @@ key (`axes.data.n_labels=[5,10,15]`; a new one with `+axes.data.burstiness=[1,2]
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +80,8 @@ class SweepConfig:
 
 
 ConfigStore.instance().store(name="sweep_schema", node=SweepConfig)
+# Arithmetic for keys tied to an axis, resolved per trial: data.context_len: ${icsweep.mul:2,${data.burstiness}}
+OmegaConf.register_new_resolver("icsweep.mul", lambda *factors: math.prod(factors), replace=True)
 
 
 @dataclass
@@ -126,7 +129,8 @@ def load_sweep(sweep: str, overrides: list[str] = ()) -> Sweep:
     axes = flatten_axes(OmegaConf.to_container(cfg.axes, resolve=True))
     for key, values in axes.items():
         _check_values(f"axes.{key}", values)
-    seeds = parse_seeds(OmegaConf.to_container(cfg, resolve=True)["seeds"])
+    seeds = cfg.seeds  # only this node is resolved: base's interpolations are relative to the trial root
+    seeds = parse_seeds(OmegaConf.to_container(seeds, resolve=True) if OmegaConf.is_config(seeds) else seeds)
     _check_values("seeds", seeds)
     backend = cfg.backend
     if backend not in BACKENDS:

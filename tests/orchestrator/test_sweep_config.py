@@ -104,3 +104,26 @@ def test_bad_input_is_one_line(sweep, overrides, match):
 
 def test_clamp_sets_listed_match_ihmodel():
     assert set(FIG5B) | {"none"} <= set(clamp_set_names())
+
+
+def test_a_sweep_yaml_of_ones_own(tmp_path):
+    """sweep=path/to/file.yaml: the user's own sweep, composed like the shipped ones (clamp group included); a key
+    tied to an axis (context_len = 2 x burstiness) through the icsweep.mul resolver."""
+    path = tmp_path / "mine.yaml"
+    text = ("defaults:\n  - sweep_schema\n  - _self_\n"
+            "name: mine\nbase:\n  train: {sequences: 640}\n  data: {context_len: CONTEXT}\n"
+            "axes:\n  data:\n    burstiness: [1, 2]\n"
+            "clamps: [noclamp, perfect_copy]\nseeds: '0:2'\n")
+    path.write_text(text.replace("CONTEXT", "'${icsweep.mul:2,${data.burstiness}}'"))
+    sweep = load_sweep(str(path))
+    assert sweep.name == "mine"
+    assert axis_values(sweep) == {"burstiness": [1, 2], "clamp": ["noclamp", "perfect_copy"], "seed": [0, 1]}
+    trials = expand(sweep)
+    assert {(t.config.data.burstiness, t.config.data.context_len) for t in trials} == {(1, 2), (2, 4)}
+    assert all(t.config.clamp.name == t.axes["clamp"] for t in trials)
+
+    path.write_text(text.replace("CONTEXT", "2"))
+    with pytest.raises(ValueError, match=r"data.context_len=2, data.burstiness=2"):
+        expand(load_sweep(str(path)))  # the trial schema's own check, one line
+    with pytest.raises(ValueError, match=r"sweep=.*nope.yaml: no such file"):
+        load_sweep(str(tmp_path / "nope.yaml"))
