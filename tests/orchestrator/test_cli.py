@@ -48,6 +48,8 @@ def test_status_list_and_analyze_after_a_run(tmp_path, capsys):
     assert "4 trials" in printed and "phase change" in printed  # the run ends with the analysis table
     assert main(["status", str(out)]) == 0
     assert "complete 4  running 0  failed 0  pending 0" in capsys.readouterr().out
+    assert main(["status", str(out), "--watch"]) == 0  # a live bar, which ends at once: nothing left to run
+    assert "complete 4" in capsys.readouterr().out
     assert main(["list", str(out)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 4 and all(" complete  100%  n_labels=" in line for line in lines)

@@ -43,7 +43,7 @@ def jobs(sweep_dir: Path) -> dict[str, str]:
 def sacct(env: dict, job: str) -> list[tuple[str, str]]:
     out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", job], capture_output=True,
                          text=True, env=env, timeout=60, check=True).stdout
-    return [tuple(line.split("|")) for line in out.split()]
+    return [tuple(line.split("|")) for line in out.splitlines() if line]
 
 
 # head_out_norm goes through a BLAS matmul (W_O W_O^T) whose last bit can depend on where the freshly loaded
@@ -145,3 +145,22 @@ def test_slurm_unreachable_is_one_line_and_writes_nothing(tmp_path):
     assert proc.stderr.startswith("icsweep run: submitit: SLURM")
     assert "use backend=local|ray" in proc.stderr
     assert not out.exists()
+
+
+def test_submit_and_exit_then_status_and_cancel(slurm_cluster, tmp_path):
+    """submitit.wait=false returns once the array is queued; status shows it; cancel scancels it; a rerun would
+    resume (stores and checkpoints stay)."""
+    out = tmp_path / "detached"
+    proc = icsweep(slurm_cluster, "run", "sweep=smoke", "backend=submitit", f"out={out}", "submitit.wait=false",
+                   *TINY, "base.train.sequences=64000", *SLURM)
+    assert proc.returncode == 0, proc.stderr
+    assert "submitted; follow with `icsweep status" in proc.stdout
+    status = icsweep(slurm_cluster, "status", str(out)).stdout
+    assert "SLURM: " in status and "array tasks of this sweep" in status
+    proc = icsweep(slurm_cluster, "cancel", str(out))
+    assert proc.returncode == 0 and "cancelled 8 SLURM array tasks" in proc.stdout, proc.stdout
+    array = next(iter(jobs(out).values())).split("_")[0]
+    wait_for(lambda: not queued(slurm_cluster, array), 60, "the array to leave the queue")
+    wait_for(lambda: all(s.startswith(("CANCELLED", "COMPLETED")) for _, s in sacct(slurm_cluster, array)), 60,
+             "sacct to record the cancellation")
+    assert "SLURM:" not in icsweep(slurm_cluster, "status", str(out)).stdout
