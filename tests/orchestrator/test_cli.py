@@ -6,7 +6,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import PYTHON, TINY, icsweep
+from orch_helpers import PYTHON, TINY, icsweep
 
 from ihmodel.sweepdir import read_manifest
 from orchestrator.cli import main

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import xarray as xr
-from conftest import PYTHON, TINY, attempts, icsweep, store_files
+from orch_helpers import PYTHON, TINY, attempts, icsweep, store_files
 
 from ihmodel.store import checkpoint_path, is_complete
 from ihmodel.sweepdir import read_manifest, store_path

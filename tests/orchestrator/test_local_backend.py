@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import TINY, attempts, icsweep, store_files
+from orch_helpers import TINY, attempts, icsweep, store_files
 
 from ihmodel.store import is_complete
 from ihmodel.sweepdir import read_manifest, store_path

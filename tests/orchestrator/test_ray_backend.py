@@ -3,7 +3,7 @@ unreachable cluster is one line and writes nothing."""
 from __future__ import annotations
 
 import pytest
-from conftest import TINY, attempts, icsweep
+from orch_helpers import TINY, attempts, icsweep
 
 from ihmodel.store import is_complete
 from ihmodel.sweepdir import read_manifest, store_path

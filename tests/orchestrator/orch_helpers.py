@@ -1,4 +1,6 @@
-"""Fixtures for the orchestrator tests: tiny trials (about a second each) through the real backends."""
+"""Helpers for the orchestrator tests: tiny trials (about a second each) through the real backends.
+
+A plain module (not conftest.py), so that `from orch_helpers import ...` cannot pick up another directory's conftest."""
 from __future__ import annotations
 
 import json
@@ -6,8 +8,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -41,8 +41,3 @@ def store_files(store: Path) -> dict[str, tuple[int, bytes]]:
     """Every file of a store with its mtime and bytes: 'untouched' means equal."""
     return {str(p.relative_to(store)): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(store.rglob("*"))
             if p.is_file()}
-
-
-@pytest.fixture
-def tiny() -> list[str]:
-    return list(TINY)
