@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -91,6 +92,10 @@ class SubmititBackend(Backend):
         if missing:
             raise ValueError(f"submitit: SLURM commands not found ({', '.join(missing)}); run on a SLURM login node "
                              f"(or start the dev cluster: slurm/dev-cluster.sh start) or use backend=local|ray")
+        conf = os.environ.get("SLURM_CONF")
+        if conf and not Path(conf).is_file():  # sinfo would retry reading it for a minute
+            raise ValueError(f"submitit: SLURM is not reachable (SLURM_CONF={conf} does not exist); start the cluster "
+                             f"(slurm/dev-cluster.sh start) or fix SLURM_CONF, or use backend=local|ray")
         try:
             out = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=30)
         except subprocess.TimeoutExpired:

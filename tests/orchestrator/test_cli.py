@@ -68,7 +68,8 @@ def test_cancel_stops_a_local_driver_and_its_workers(tmp_path):
                               stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120
-        while time.time() < deadline and "running 2" not in icsweep("status", str(out)).stdout:
+        while time.time() < deadline and not ("running 2" in icsweep("status", str(out)).stdout
+                                              and len(list(out.glob("trials/*.ckpt.pt"))) == 2):
             time.sleep(0.5)
         status = icsweep("status", str(out)).stdout
         assert "running 2" in status, status
