@@ -61,10 +61,12 @@ def pattern_entropy(pattern: Tensor) -> Tensor:
 def head_out_norm(z: Tensor, W_O: Tensor) -> Tensor:
     """z [layer, batch, pos, head, d_head], W_O [layer, head, d_head, d_model] -> [layer, head]: mean L2 norm of each
     head's write z W_O into the residual stream, as sqrt(z^T (W_O W_O^T) z): d_head x d_head per head instead of
-    d_model wide products, and broadcast arithmetic rather than one tiny matmul per head."""
-    gram = W_O @ W_O.transpose(-1, -2)  # [layer, head, d_head, d_head]
+    d_model wide products. Broadcast sums in float64, not a BLAS matmul, whose float32 rounding can depend on where
+    the weights sit in memory: a resumed trial must record the same numbers as an uninterrupted one."""
+    W_O, z = W_O.double(), z.double()
+    gram = (W_O[..., :, None, :] * W_O[..., None, :, :]).sum(-1)  # [layer, head, d_head, d_head]
     squared = (z[..., :, None] * gram[:, None, None] * z[..., None, :]).sum(dim=(-1, -2))
-    return squared.clamp_min(0).sqrt().mean(dim=(1, 2))
+    return squared.clamp_min(0).sqrt().mean(dim=(1, 2)).float()
 
 
 def stacked_W_O(model: Transformer) -> Tensor:

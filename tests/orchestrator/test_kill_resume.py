@@ -27,17 +27,9 @@ def open_store(path: Path) -> xr.Dataset:
     return xr.open_zarr(path, consolidated=False).load()
 
 
-# head_out_norm goes through a BLAS matmul (W_O W_O^T) whose last bit can depend on where the freshly loaded
-# weights sit in memory: seen 1-ulp (7e-7) differences after a resume, with every other variable bit-identical.
-ULP_VARIABLES = {"head_out_norm"}
-
-
 def assert_same_statistics(expected: xr.Dataset, actual: xr.Dataset):
-    """Every variable and coordinate identical (store attrs like git_sha may differ); ULP_VARIABLES to 1e-6."""
-    exact = [v for v in expected.data_vars if v not in ULP_VARIABLES]
-    xr.testing.assert_identical(expected[exact].drop_attrs(deep=False), actual[exact].drop_attrs(deep=False))
-    for name in ULP_VARIABLES & set(expected.data_vars):
-        xr.testing.assert_allclose(expected[name], actual[name], rtol=1e-6, atol=0)
+    """Every variable and coordinate identical (store attrs like git_sha may differ)."""
+    xr.testing.assert_identical(expected.drop_attrs(deep=False), actual.drop_attrs(deep=False))
 
 
 def wait_for(condition, timeout: float, what: str):
