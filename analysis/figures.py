@@ -82,7 +82,7 @@ def loss_curves(ds: xr.Dataset, *, evaluator: str = "fsl_train", variable: str =
         ax.set_ylim(bottom=0)
     if clamps != [None]:
         axes.ravel()[0].legend(fontsize="small", title="clamp set")
-    fig.suptitle(f"{variable} ({evaluator}); dotted ln 2, dashed 0.4 ln 2")
+    fig.suptitle(f"{variable} ({evaluator})\ndotted: ln 2, dashed: 0.4 ln 2")
     return fig
 
 
