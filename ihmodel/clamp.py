@@ -58,7 +58,7 @@ def _axes(hook_name: str) -> tuple[int | None, int | None]:
 
 @dataclass
 class Write:
-    """One overwrite in the main pass: where (hook, heads, positions), and how its value is computed."""
+    """One overwrite (in the main pass, or the first): where (hook, heads, positions), how its value is computed."""
 
     hook: str
     heads: tuple[int, ...] | None  # None = every head (or a hook without heads)
@@ -109,7 +109,8 @@ class ClampSet:
         if iv.kind == "perfect_prev_token_input":
             layer = n_layers - 1 if iv.layer is None else self._layer(iv, source)
             if layer == 0:
-                raise ValueError(f"{source}: perfect_prev_token_input feeds a layer after the first; layer must be 1..{n_layers - 1}")
+                raise ValueError(f"{source}: perfect_prev_token_input feeds a layer after the first; "
+                                 f"layer must be 1..{n_layers - 1}")
             self._add_perfect_prev_token_input(layer, source)
             return
         layer = self._layer(iv, source)

@@ -47,7 +47,8 @@ class DataConfig:
         if not 0 < self.val_pair_fraction < 1:
             raise ValueError(f"data.val_pair_fraction={self.val_pair_fraction}; must lie in (0, 1)")
         if self.features is None and self.n_train_classes + self.n_test_classes > self.synthetic_classes:
-            raise ValueError(f"data.n_train_classes + data.n_test_classes exceed data.synthetic_classes={self.synthetic_classes}")
+            raise ValueError(f"data.n_train_classes + data.n_test_classes exceed "
+                             f"data.synthetic_classes={self.synthetic_classes}")
         if self.n_train_classes < 2:
             raise ValueError(f"data.n_train_classes={self.n_train_classes}; needs at least 2 (query + distractor)")
 

@@ -59,7 +59,8 @@ class Task:
         n_classes, n_exemplars, _ = features.shape
         if config.n_train_classes + config.n_test_classes > n_classes:
             raise ValueError(f"data.n_train_classes + data.n_test_classes = "
-                             f"{config.n_train_classes + config.n_test_classes} but the features have {n_classes} classes")
+                             f"{config.n_train_classes + config.n_test_classes} but the features have "
+                             f"{n_classes} classes")
         if not 0 < config.n_train_exemplars < n_exemplars:
             raise ValueError(f"data.n_train_exemplars={config.n_train_exemplars}; the features have {n_exemplars} "
                              f"exemplars per class and some must be held out")
@@ -131,13 +132,15 @@ class Task:
             raise ValueError("eval.induction_set=all_train enumerates burstiness-1 sequences; set data.burstiness=1 "
                              "or eval.induction_set=fsl_train")
         n, device = len(self.train_classes), self.device
-        query, distractor = torch.meshgrid(torch.arange(n, device=device), torch.arange(n, device=device), indexing="ij")
+        classes = torch.arange(n, device=device)
+        query, distractor = torch.meshgrid(classes, classes, indexing="ij")
         keep = query != distractor
         query, distractor = query[keep], distractor[keep]  # [n(n-1)]
         ordered_pairs = torch.cat([self.train_pairs, self.train_pairs.flip(1)])  # [2P, 2]
         match_first = torch.tensor([[True, False], [False, True]], device=device)
-        q, p, m = torch.meshgrid(torch.arange(len(query), device=device), torch.arange(len(ordered_pairs), device=device),
-                                 torch.arange(2, device=device), indexing="ij")
+        q, p, m = torch.meshgrid(torch.arange(len(query), device=device),
+                                 torch.arange(len(ordered_pairs), device=device), torch.arange(2, device=device),
+                                 indexing="ij")
         q, p, m = q.flatten(), p.flatten(), m.flatten()
         match = match_first[m]
         item_class = torch.cat([torch.where(match, query[q, None], distractor[q, None]), query[q, None]], dim=1)

@@ -71,7 +71,8 @@ def write_manifest(sweep_dir: str | Path, manifest: Manifest):
 def read_manifest(sweep_dir: str | Path) -> Manifest:
     path = Path(sweep_dir) / MANIFEST
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no sweep manifest; is {sweep_dir} a sweep directory (icsweep run ... out=DIR)?")
+        raise FileNotFoundError(f"{path}: no sweep manifest; is {sweep_dir} a sweep directory "
+                                f"(icsweep run ... out=DIR)?")
     try:
         raw = json.loads(path.read_text())
         return Manifest(
@@ -80,4 +81,5 @@ def read_manifest(sweep_dir: str | Path) -> Manifest:
             format_version=raw.get("format_version", FORMAT_VERSION), extra=raw.get("extra", {}),
         )
     except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise ValueError(f"{path}: corrupt sweep manifest ({error}); delete it and rerun `icsweep run` to rewrite it") from error
+        raise ValueError(f"{path}: corrupt sweep manifest ({error}); delete it and rerun `icsweep run` "
+                         f"to rewrite it") from error

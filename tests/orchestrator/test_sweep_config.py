@@ -73,6 +73,7 @@ def test_clamp_sets_mean_what_train_means():
         expected = compose_trial([
             f"clamp={trial.axes['clamp']}", "seed=5", "data.n_labels=5",
             f"data.n_train_classes={base.data.n_train_classes}", f"train.sequences={base.train.sequences}",
+            f"train.lr={base.train.lr}",
             f"train.eval_every={base.train.eval_every}", f"train.checkpoint_every={base.train.checkpoint_every}",
             f"train.flush_every={base.train.flush_every}", f"eval.size={base.eval.size}",
         ])

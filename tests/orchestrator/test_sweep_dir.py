@@ -58,7 +58,7 @@ def test_rerun_merges_new_seeds_and_axes(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, match", [
-    (["base.train.sequences=1234"], r"holds sweep 'smoke' with another base config \(train.sequences: 3200 -> 1234\)"),
+    (["base.train.sequences=1234"], r"holds sweep 'smoke' with another base config \(train.sequences: 32000 -> 1234\)"),
 ])
 def test_refuses_a_different_base(tmp_path, overrides, match):
     prepared(tmp_path)

@@ -96,7 +96,7 @@ def test_requeue_and_preemption_resume_from_checkpoint(slurm_cluster, tmp_path):
     """`scontrol requeue` of one running trial and a preemption signal (USR2, handled by Submitit's checkpoint)
     to another: both continue from their checkpoints, with the statistics of an uninterrupted run."""
     sweep = ["sweep=smoke", "seeds=[1,2]", "clamps=[none]", "axes.data.n_labels=[5]", *TINY,
-             "base.train.sequences=16000", "base.train.checkpoint_every=640", "base.train.eval_every=1600"]
+             "base.train.sequences=48000", "base.train.checkpoint_every=640", "base.train.eval_every=1600"]
     reference = tmp_path / "reference"
     proc = icsweep(slurm_cluster, "run", *sweep, f"out={reference}", "backend=local", "local.workers=0")
     assert proc.returncode == 0, proc.stderr
