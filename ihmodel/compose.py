@@ -25,8 +25,10 @@ def clamp_set_names() -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / "clamp").glob("*.yaml"))
 
 
-def compose_config(config_name: str, overrides: list[str], config_dir: Path = CONF_DIR) -> DictConfig:
-    """Compose `config_name` from `config_dir` with overrides; a bad override is one line naming the fix."""
+def compose_config(config_name: str, overrides: list[str], config_dir: Path = CONF_DIR,
+                   what: str = "override", keys_hint: str = "keys: see `icsweep train --help`") -> DictConfig:
+    """Compose `config_name` from `config_dir` with overrides; a bad override is one line naming the fix
+    ("bad {what}: ... ({keys_hint})")."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir), version_base=None):
         try:
@@ -35,7 +37,9 @@ def compose_config(config_name: str, overrides: list[str], config_dir: Path = CO
             raise ValueError(f"{_first_line(error)}; clamp sets: {', '.join(clamp_set_names())}") from None
         except (ConfigCompositionException, OmegaConfBaseException) as error:
             cause = error.__cause__ or error
-            raise ValueError(f"bad override: {_first_line(cause)} (keys: see `icsweep train --help`)") from None
+            raise ValueError(f"bad {what}: {_first_line(cause)} ({keys_hint})") from None
+        finally:
+            GlobalHydra.instance().clear()
 
 
 def to_trial_config(cfg: DictConfig) -> TrialConfig:

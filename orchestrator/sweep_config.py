@@ -14,15 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
-from hydra.core.global_hydra import GlobalHydra
-from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import ihmodel.compose  # noqa: F401  (registers trial_schema; the clamp group lives beside it)
-from ihmodel.compose import clamp_set_names
+from ihmodel.compose import clamp_set_names, compose_config
 from ihmodel.config import TrialConfig
 
 SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
@@ -152,18 +149,9 @@ def _locate(sweep: str) -> tuple[Path, str]:
 
 
 def _compose(config_dir: Path, name: str, overrides: list[str]) -> DictConfig:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(config_dir), version_base=None):
-        try:
-            return compose(config_name=name, overrides=list(overrides))
-        except MissingConfigException as error:
-            raise ValueError(f"{_first_line(error)}; clamp sets: {', '.join(clamp_set_names())}") from None
-        except (ConfigCompositionException, OmegaConfBaseException) as error:
-            cause = error.__cause__ or error
-            raise ValueError(f"bad sweep override: {_first_line(cause)} (sweep keys: {', '.join(_sweep_keys())}; "
-                             f"trial keys under base.*; a new axis with +axes.data.KEY=[...])") from None
-        finally:
-            GlobalHydra.instance().clear()
+    return compose_config(name, overrides, config_dir, what="sweep override",
+                          keys_hint=f"sweep keys: {', '.join(_sweep_keys())}; trial keys under base.*; "
+                                    f"a new axis with +axes.data.KEY=[...]")
 
 
 def _base_for_clamp(config_dir: Path, name: str, overrides: list[str], clamp: str, cfg: DictConfig) -> dict:
