@@ -35,6 +35,32 @@ class Batch:
                      self.match[start:stop])
 
 
+@dataclass
+class Sequences:
+    """A fixed set of sequences held as rows of the feature table, not as copies of exemplar vectors: a few ints
+    per item instead of d_in floats, so a trial keeps its evaluation sets, and a pack a thousand trials' sets, in
+    little memory. `x` gathers the vectors on demand (for one chunk at a time); otherwise used like a Batch."""
+
+    table: Tensor  # [rows, d_in] the flattened feature table (shared, never copied)
+    items: Tensor  # [n, item] row of each item in the table
+    noise: Tensor | None  # [n, item, d_in] within-class noise drawn for these sequences (data.noise > 0)
+    context_labels: Tensor
+    query_label: Tensor
+    match: Tensor
+
+    @property
+    def x(self) -> Tensor:
+        x = self.table.index_select(0, self.items.reshape(-1)).view(*self.items.shape, self.table.shape[1])
+        return x if self.noise is None else x + self.noise
+
+    def __len__(self) -> int:
+        return self.items.shape[0]
+
+    def slice(self, start: int, stop: int) -> Sequences:
+        return Sequences(self.table, self.items[start:stop], None if self.noise is None else self.noise[start:stop],
+                         self.context_labels[start:stop], self.query_label[start:stop], self.match[start:stop])
+
+
 def gumbel_argmax(log_weights: Tensor, generator: torch.Generator) -> Tensor:
     """One sample per row from softmax(log_weights): [n, classes] -> [n, 1]."""
     uniform = torch.rand(log_weights.shape, generator=generator, device=log_weights.device)
@@ -52,10 +78,13 @@ def label_pairs(n_labels: int, val_fraction: float, seed_split: int) -> tuple[np
 class Task:
     """Features, class/exemplar/label splits, the training stream and the fixed evaluation sets of one trial."""
 
-    def __init__(self, config: DataConfig, device: torch.device):
+    def __init__(self, config: DataConfig, device: torch.device, features: Tensor | None = None):
+        """`features` [class, exemplar, d_in] on `device`: a table already loaded (the trials of a pack share
+        one); None = load it as `config` says."""
         self.config = config
         self.device = device
-        features = load_features(config)
+        if features is None:
+            features = torch.from_numpy(load_features(config)).to(device)
         n_classes, n_exemplars, _ = features.shape
         if config.n_train_classes + config.n_test_classes > n_classes:
             raise ValueError(f"data.n_train_classes + data.n_test_classes = "
@@ -65,7 +94,7 @@ class Task:
             raise ValueError(f"data.n_train_exemplars={config.n_train_exemplars}; the features have {n_exemplars} "
                              f"exemplars per class and some must be held out")
         self.d_in = features.shape[2]
-        self.features = torch.from_numpy(features).to(device)  # [class, exemplar, d_in]
+        self.features = features  # [class, exemplar, d_in]
         self.train_classes = torch.arange(config.n_train_classes, device=device)
         self.test_classes = torch.arange(n_classes - config.n_test_classes, n_classes, device=device)
         self.train_exemplars = torch.arange(config.n_train_exemplars, device=device)
@@ -83,11 +112,12 @@ class Task:
         return 2 * self.config.context_len + 1
 
     def sample_train(self, n: int, generator: torch.Generator) -> Batch:
-        return self.sample(n, generator, self.train_classes, self.train_class_probs, self.train_exemplars,
+        seqs = self.sample(n, generator, self.train_classes, self.train_class_probs, self.train_exemplars,
                            self.train_pairs)
+        return Batch(seqs.x, seqs.context_labels, seqs.query_label, seqs.match)
 
     def sample(self, n: int, generator: torch.Generator, classes: Tensor, class_probs: Tensor, exemplars: Tensor,
-               pairs: Tensor) -> Batch:
+               pairs: Tensor) -> Sequences:
         b, device = self.config.burstiness, self.device
         # Gumbel-max sampling: exact, batched, and without the checks that make torch.multinomial slow (and sync
         # with the host on CUDA).
@@ -101,17 +131,19 @@ class Task:
         first, second = pair.gather(1, flip), pair.gather(1, 1 - flip)  # [n, 1] each
         item_class = torch.cat([torch.where(match, query, distractor), query], dim=1)  # [n, 2b+1]
         item_exemplar = exemplars[torch.randint(len(exemplars), item_class.shape, generator=generator, device=device)]
-        x = self.exemplar_features(classes[item_class], item_exemplar)
+        noise = None
         if self.config.noise > 0:
-            x = x + self.config.noise * torch.randn(x.shape, generator=generator, device=device)
-        return Batch(x=x, context_labels=torch.where(match, first, second), query_label=first[:, 0], match=match)
+            shape = (*item_class.shape, self.d_in)
+            noise = self.config.noise * torch.randn(shape, generator=generator, device=device)
+        return self.sequences(classes[item_class], item_exemplar, noise,
+                              context_labels=torch.where(match, first, second), query_label=first[:, 0], match=match)
 
-    def exemplar_features(self, item_class: Tensor, item_exemplar: Tensor) -> Tensor:
-        """[n, item] class and exemplar ids -> [n, item, d_in] (one index_select on the flattened table)."""
-        flat = (item_class * self.features.shape[1] + item_exemplar).reshape(-1)
-        return self.features.view(-1, self.d_in).index_select(0, flat).view(*item_class.shape, self.d_in)
+    def sequences(self, item_class: Tensor, item_exemplar: Tensor, noise: Tensor | None, **labels) -> Sequences:
+        """[n, item] class and exemplar ids -> Sequences over the flattened feature table."""
+        rows = item_class * self.features.shape[1] + item_exemplar
+        return Sequences(self.features.view(-1, self.d_in), rows, noise, **labels)
 
-    def evaluators(self, config: EvalConfig, seed: int) -> dict[str, Batch]:
+    def evaluators(self, config: EvalConfig, seed: int) -> dict[str, Sequences]:
         """The fixed evaluation sets, made once from the eval seed (uniform class distribution)."""
         generator = torch.Generator(self.device).manual_seed(seed)
         train_uniform = torch.ones(len(self.train_classes), device=self.device)
@@ -125,7 +157,7 @@ class Task:
         }
         return {name: self.sample(config.size, generator, *spec) for name, spec in specs.items()}
 
-    def all_train_sequences(self) -> Batch:
+    def all_train_sequences(self) -> Sequences:
         """Every training sequence (burstiness 1): ordered pairs of distinct train classes x ordered train label
         pairs x both match positions, exemplar 0 (the paper's induction-strength set; 78,400 at the defaults)."""
         if self.config.burstiness != 1:
@@ -145,5 +177,5 @@ class Task:
         match = match_first[m]
         item_class = torch.cat([torch.where(match, query[q, None], distractor[q, None]), query[q, None]], dim=1)
         first, second = ordered_pairs[p, :1], ordered_pairs[p, 1:]
-        x = self.exemplar_features(self.train_classes[item_class], self.train_exemplars[0].expand_as(item_class))
-        return Batch(x=x, context_labels=torch.where(match, first, second), query_label=first[:, 0], match=match)
+        return self.sequences(self.train_classes[item_class], self.train_exemplars[0].expand_as(item_class), None,
+                              context_labels=torch.where(match, first, second), query_label=first[:, 0], match=match)
