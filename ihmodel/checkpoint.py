@@ -16,16 +16,30 @@ from ihmodel.model import Transformer
 
 def save_checkpoint(path: Path, config: TrialConfig, model: Transformer, optimizer: torch.optim.Optimizer,
                     generator: torch.Generator, step: int, n_evals: int):
-    state = {
+    write_checkpoint(path, checkpoint_state(config, model.state_dict(), optimizer.state_dict(), generator.get_state(),
+                                            step, n_evals, model_shape(model)))
+
+
+def checkpoint_state(config: TrialConfig, model_state: dict, optimizer_state: dict, generator_state: torch.Tensor,
+                     step: int, n_evals: int, shape: dict) -> dict:
+    """One trial's checkpoint: the same whether it trained alone or in a pack (either can resume it)."""
+    return {
         "config_yaml": to_yaml(config),
         "trial_id": trial_id(config),
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "generator": generator.get_state(),
+        "model": model_state,
+        "optimizer": optimizer_state,  # torch.optim.Adam's state_dict format
+        "generator": generator_state,
         "step": step,  # optimizer updates done; the store holds exactly this many step rows
         "n_evals": n_evals,  # eval rows in the store
-        "model_shape": {"d_in": model.embed_exemplar.in_features, "d_vocab": model.d_vocab, "n_ctx": model.n_ctx},
+        "model_shape": shape,
     }
+
+
+def model_shape(model: Transformer) -> dict:
+    return {"d_in": model.embed_exemplar.in_features, "d_vocab": model.d_vocab, "n_ctx": model.n_ctx}
+
+
+def write_checkpoint(path: Path, state: dict):
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed mid-write
         stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

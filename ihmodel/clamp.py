@@ -240,11 +240,14 @@ class ClampSet:
     def forward(self, batch: Batch, observers: list[tuple[str, Callable]] = ()) -> Tensor:
         """Logits [batch, d_vocab] of the main pass with every clamp on; `observers` are hooks that only read."""
         self.batch, self.captured = batch, {}
-        if self.needs_first_pass:
-            with self.model.hooks(self._first_pass_hooks):
-                self.model(batch.x, batch.context_labels)
-        with self.model.hooks(self._main_pass_hooks + list(observers)):
-            return self.model(batch.x, batch.context_labels)
+        try:
+            if self.needs_first_pass:
+                with self.model.hooks(self._first_pass_hooks):
+                    self.model(batch.x, batch.context_labels)
+            with self.model.hooks(self._main_pass_hooks + list(observers)):
+                return self.model(batch.x, batch.context_labels)
+        finally:  # hold no activation past the forward (under vmap they must not leave it)
+            self.batch, self.captured = None, {}
 
     def _build_hooks(self):
         """Hook fns made once; per forward they read the batch and the first pass's captures from `self`."""
@@ -299,8 +302,9 @@ def _induction_pattern(x: Tensor, batch: Batch, captured: dict, strength: float)
     match = batch.match.to(x.dtype)  # [batch, item]
     n_match = match.sum(1, keepdim=True)
     weights = strength * match / n_match + (1 - strength) * (1 - match) / (match.shape[1] - n_match)
-    row = torch.zeros(x.shape[0], x.shape[-1], device=x.device, dtype=x.dtype)
-    row[:, 1::2] = weights
+    # Interleave zeros for the item tokens and append the query's: built out of place, so it works under vmap.
+    row = torch.stack([torch.zeros_like(weights), weights], dim=-1).flatten(-2)  # positions 0 .. n_ctx-2
+    row = torch.cat([row, row.new_zeros(row.shape[0], x.shape[-1] - row.shape[1])], dim=1)
     return row[:, None, None, :].expand_as(x)
 
 

@@ -53,6 +53,12 @@ class DataConfig:
             raise ValueError(f"data.n_train_classes={self.n_train_classes}; needs at least 2 (query + distractor)")
 
 
+    @property
+    def n_ctx(self) -> int:
+        """Tokens per sequence: an exemplar and a label per context item, then the query."""
+        return 2 * self.context_len + 1
+
+
 @dataclass
 class ModelConfig:
     n_layers: int = 2

@@ -109,7 +109,7 @@ class Task:
 
     @property
     def n_ctx(self) -> int:
-        return 2 * self.config.context_len + 1
+        return self.config.n_ctx
 
     def sample_train(self, n: int, generator: torch.Generator) -> Batch:
         seqs = self.sample(n, generator, self.train_classes, self.train_class_probs, self.train_exemplars,

@@ -1,17 +1,38 @@
-"""Packed training: K trials of identical tensor shapes trained in one process.
+"""Packed training: K trials of identical tensor shapes trained in one process as one batched computation.
 
-INTERIM (being replaced in this session by the batched engine): each trial runs alone, in turn. The interface is
-final: `run_pack(configs, store_paths)` trains every trial into its store exactly as `run_trial` would, and
-returns, per trial, None (complete) or the exception that failed it; `pack_key(config)` is equal for trials that
-may share a pack; `auto_pack_size(config)` picks K for a device.
+A tiny trial leaves a GPU (or a CPU core's vector units) idle between kernel launches; K trials stacked along a
+leading axis pay that overhead once. The trials of a pack may differ in seeds, clamp sets, optimizer settings and
+the data properties that keep shapes (`PER_TRIAL_KEYS`); each keeps its own data stream, optimizer state, clamps,
+statistics, checkpoint and store, written exactly as if it had trained alone (`run_trial`): a trial's store and
+checkpoint do not say whether it was packed, and either way of running resumes the other's checkpoint.
+
+How: the parameters of all trials are one tensor (ihmodel.stacked); the model's own forward, with its hook points,
+clamps and statistics, runs under `torch.func.vmap` over `functional_call`, once per clamp set in the pack (trials
+are ordered so each clamp set's trials are one slice); one backward of the summed losses gives every trial its own
+gradient; Adam is elementwise with per-trial settings. Compiled like a single trial (train.compiled).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import time
+from functools import partial
 from pathlib import Path
 
-from ihmodel.config import TrialConfig, result_defining
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+from ihmodel.clamp import ClampSet
+from ihmodel.config import TrialConfig, result_defining, to_dict
+from ihmodel.data import Batch, Sequences, Task
+from ihmodel.features import load_features
+from ihmodel.model import Transformer
+from ihmodel.stacked import StackedAdam, StackedParameters
+from ihmodel.stats import Evaluation, StepStats
+from ihmodel.store import is_complete
+from ihmodel.train import TrialStore, records_eval, resolve_device, train_loop
 
 # Result-defining keys that may differ between the trials of one pack (they change no tensor shape).
 PER_TRIAL_KEYS = ("seed", "seed_data", "seed_eval", "clamp", "train.lr", "train.beta1", "train.beta2",
@@ -30,24 +51,285 @@ def pack_key(config: TrialConfig) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+class Member:
+    """One trial of a pack: its data stream, evaluation sets, clamp set, initial state and store."""
+
+    def __init__(self, index: int, config: TrialConfig, features: Tensor, template: Transformer, device):
+        self.index, self.config = index, config
+        self.task = Task(config.data, device, features)
+        self.clamps = ClampSet(config.clamp, template)  # checked here, before any training
+        self.clamp_key = json.dumps(to_dict(config)["clamp"], sort_keys=True)
+        self.generator = torch.Generator(device).manual_seed(config.data_seed)
+        self.evaluators = self.task.evaluators(config.eval, config.eval_seed)
+        if config.eval.induction_set == "all_train":
+            self.evaluators = self.evaluators | {"all_train": self.task.all_train_sequences()}
+        self.initial = Transformer(config.model, self.task.d_in, config.data.n_labels, self.task.n_ctx,
+                                   seed=config.seed).state_dict()
+        self.store: TrialStore | None = None
+        self.state: dict | None = None  # the checkpoint resumed from
+        self.error: BaseException | None = None
+
+    def open(self, store_path: Path, device):
+        store_path.parent.mkdir(parents=True, exist_ok=True)
+        self.store = TrialStore(self.config, store_path)
+        self.state = self.store.resume(device)
+
+    @property
+    def step(self) -> int:
+        return self.state["step"] if self.state else 0
+
+    @property
+    def live(self) -> bool:
+        return self.error is None
+
+
+class _Functional(nn.Module):
+    """Runs any function with the template model's parameters swapped for one trial's (functional_call)."""
+
+    def __init__(self, model: Transformer):
+        super().__init__()
+        self.model = model
+
+    def forward(self, fn, *args):
+        return fn(*args)
+
+
+class Pack:
+    """The runner `train_loop` drives for K members at the same step (see run_pack)."""
+
+    def __init__(self, members: list[Member], template: Transformer, device):
+        config = members[0].config
+        self.train = config.train
+        groups: dict[str, list[Member]] = {}
+        for member in members:
+            groups.setdefault(member.clamp_key, []).append(member)
+        self.members = [m for group in groups.values() for m in group]  # each clamp set's trials one slice
+        self.groups, start = [], 0
+        for group in groups.values():
+            self.groups.append((slice(start, start + len(group)), group[0].clamps))
+            start += len(group)
+        self.device = device
+        self.template = template
+        self.functional = _Functional(template)
+        self.params = StackedParameters(template, [m.initial for m in self.members], device)
+        self.adam = StackedAdam(self.params, [m.config.train for m in self.members], fused=device.type == "cuda")
+        for k, member in enumerate(self.members):
+            if member.state is not None:
+                self.params.load(k, member.state["model"])
+                self.adam.load_state_dict(k, member.state["optimizer"], member.step)
+                member.generator.set_state(member.state["generator"])
+        self.step = self.members[0].step
+        self.stats = StepStats(template, config.stats, self.train.flush_every, device, trials=(len(self.members),))
+        self.evaluations = [PackEvaluation(clamps, self.functional, config) for _, clamps in self.groups]
+        self.forward = self.forward_all
+        if self.train.compiled:
+            self.forward = torch.compile(self.forward_all)
+            for evaluation in self.evaluations:
+                evaluation.chunk = torch.compile(evaluation.vmapped_chunk)
+
+    # ---- the runner interface (train_loop) -------------------------------------------------------------------
+    @property
+    def live(self) -> bool:
+        return any(m.live for m in self.members)
+
+    @property
+    def last_eval_step(self) -> int | None:
+        return self.members[0].store.last_eval_step
+
+    def train_step(self):
+        batches = [m.task.sample_train(self.train.batch_size, m.generator) for m in self.members]
+        stacked = [torch.stack([getattr(b, f) for b in batches]) for f in ("x", "context_labels", "query_label",
+                                                                           "match")]
+        loss, rows = self.forward(self.params.flat, *stacked)
+        self.params.flat.grad = None
+        loss.sum().backward()  # trial k's loss depends on trial k's parameters only: each gets its own gradient
+        grad = self.params.flat.grad
+        self.adam.step(grad)
+        self.stats.record(rows, grad_norm=lambda: torch.linalg.vector_norm(grad, dim=1))
+        self.step += 1
+
+    def evaluate(self):
+        rows = self.evaluate_all() if records_eval(self.members[0].config) else [None] * len(self.members)
+        for member, row in zip(self.members, rows):
+            if member.live:
+                member.store.add_eval(self.step, row)
+
+    def flush(self) -> dict:
+        rows = self.stats.drain() if self.stats.rows else {}
+        for k, member in enumerate(self.members):
+            self._guarded(member, lambda: member.store.write(self.step, {n: a[:, k] for n, a in rows.items()}))
+        return rows
+
+    def checkpoint(self):
+        self.flush()
+        for k, member in enumerate(self.members):
+            self._guarded(member, lambda: member.store.save(
+                self.step, self.params.state_dict(k), self.adam.state_dict(k), member.generator.get_state(),
+                {"d_in": member.task.d_in, "d_vocab": self.template.d_vocab, "n_ctx": self.template.n_ctx}))
+
+    def finish(self):
+        for member in self.members:
+            self._guarded(member, member.store.complete)
+
+    @staticmethod
+    def _guarded(member: Member, write):
+        """A member's write; its failure (a diverged loss, a full disk) fails that member only."""
+        if member.live:
+            try:
+                write()
+            except Exception as error:
+                member.error = error
+
+    # ---- the batched computation -----------------------------------------------------------------------------
+    def forward_all(self, flat: Tensor, x: Tensor, context_labels: Tensor, query_label: Tensor, match: Tensor):
+        """Losses [K] and statistics rows [K, width] of every trial's training forward (its clamps on)."""
+        params = self.params.views(flat, prefix="model.")
+        losses, rows = [], []
+        for part, clamps in self.groups:
+            def one(p, *tensors, clamps=clamps):
+                return functional_call(self.functional, p, (partial(self.trial_forward, clamps), *tensors))
+
+            loss, row = vmap(one)({n: v[part] for n, v in params.items()}, x[part], context_labels[part],
+                                  query_label[part], match[part])
+            losses.append(loss)
+            rows.append(row)
+        return torch.cat(losses), torch.cat(rows)
+
+    def trial_forward(self, clamps: ClampSet, x, context_labels, query_label, match):
+        batch = Batch(x, context_labels, query_label, match)
+        logits = clamps.forward(batch, self.stats.observers)
+        loss = F.cross_entropy(logits, query_label)
+        return loss, self.stats.row(batch, logits, loss)
+
+    @torch.no_grad()
+    def evaluate_all(self) -> list[dict[str, Tensor]]:
+        """Every member's evaluation row, a group's trials vmapped together in chunks that bound memory."""
+        views = self.params.views(self.params.flat.detach(), prefix="model.")
+        rows: list[dict[str, Tensor]] = []
+        for (part, _), evaluation in zip(self.groups, self.evaluations):
+            for start in range(part.start, part.stop, evaluation.trials_per_chunk):
+                chunk = slice(start, min(start + evaluation.trials_per_chunk, part.stop))
+                result = evaluation.run({n: v[chunk] for n, v in views.items()}, self.members[chunk])
+                rows += [{name: value[i] for name, value in result.items()} for i in range(chunk.stop - chunk.start)]
+        return rows
+
+
+class PackEvaluation(Evaluation):
+    """Evaluation (same metrics, same chunks per trial) for several trials of one clamp set at once."""
+
+    def __init__(self, clamps: ClampSet, functional: _Functional, config: TrialConfig):
+        super().__init__(clamps, {}, config.eval.induction_set, None, config.eval.batch_size)
+        self.functional = functional
+        self.sequences_per_chunk = min(config.eval.size, config.eval.batch_size)
+        # eval.batch_size bounds the sequences of one forward: a pack splits it between trials
+        self.trials_per_chunk = max(1, config.eval.batch_size // self.sequences_per_chunk)
+        self.chunk = self.vmapped_chunk  # (params, x, ...) -> (metrics [trial, 5], induction [trial, layer, head])
+        self.params: dict[str, Tensor] = {}
+
+    def vmapped_chunk(self, params, x, context_labels, query_label, match):
+        def one(p, *tensors):
+            return functional_call(self.functional, p, (self.chunk_sums, *tensors))
+
+        return vmap(one)(params, x, context_labels, query_label, match)
+
+    def run(self, params: dict[str, Tensor], members: list[Member]) -> dict[str, Tensor]:
+        self.params = params
+        self.evaluators = {name: [m.evaluators[name] for m in members] for name in members[0].evaluators
+                           if name != "all_train"}
+        self.all_train = [m.evaluators["all_train"] for m in members] if self.induction_set == "all_train" else None
+        try:
+            return self()
+        finally:
+            self.params, self.evaluators, self.all_train = {}, {}, None
+
+    def sums(self, data: list[Sequences]) -> tuple[Tensor, Tensor]:
+        n = len(data[0])
+        step = min(n, self.batch_size)
+        metrics, induction = 0.0, 0.0
+        for start in range(0, n, step):
+            parts = [d.slice(start, start + step) for d in data]
+            tensors = [torch.stack([getattr(p, f) for p in parts]) for f in ("x", "context_labels", "query_label",
+                                                                             "match")]
+            chunk_metrics, chunk_induction = self.chunk(self.params, *tensors)
+            metrics, induction = metrics + chunk_metrics, induction + chunk_induction
+        return metrics / n, induction / n
+
+
 def run_pack(configs: list[TrialConfig], store_paths: list[str | Path],
              progress: bool | None = None) -> list[BaseException | None]:
-    from ihmodel.train import run_trial
-
+    """Train every trial into its store as one pack; per trial, None (complete) or the exception that failed
+    it. Idempotent per trial like run_trial: complete stores are skipped, checkpoints resumed (trials resumed at
+    different steps train as successive packs). Uses exactly the first config's `threads` CPU threads."""
     if len(configs) != len(store_paths):
         raise ValueError(f"run_pack: {len(configs)} configs but {len(store_paths)} store paths")
     if len({pack_key(c) for c in configs}) > 1:
         raise ValueError("run_pack: these trials cannot share a pack (shapes, schedule, device or threads differ); "
                          "group them by ihmodel.pack.pack_key")
-    errors: list[BaseException | None] = []
-    for config, path in zip(configs, store_paths):
+    errors: list[BaseException | None] = [None] * len(configs)
+    pending = [i for i, path in enumerate(store_paths) if not is_complete(path)]
+    if not pending:
+        return errors
+    first = configs[pending[0]]
+    torch.set_num_threads(first.threads)
+    device = resolve_device(first.device)
+    try:
+        features = torch.from_numpy(load_features(first.data)).to(device)  # one table for the whole pack
+    except Exception as error:
+        return [error if i in pending else None for i in range(len(configs))]
+    template = Transformer(first.model, features.shape[-1], first.data.n_labels, first.data.n_ctx, seed=0).to(device)
+    members = []
+    for i in pending:
         try:
-            run_trial(config, path, progress=progress)
-            errors.append(None)
-        except Exception as error:  # one trial's failure never stops its pack-mates
-            errors.append(error)
+            member = Member(i, configs[i], features, template, device)
+            member.open(Path(store_paths[i]), device)
+            members.append(member)
+        except Exception as error:  # a bad trial fails alone, before any training
+            errors[i] = error
+    for step in sorted({m.step for m in members}):
+        pack = Pack([m for m in members if m.step == step], template, device)
+        train_loop(pack, first.train, trials=len(pack.members), desc=f"pack of {len(pack.members)}",
+                   progress=progress)
+    for member in members:
+        errors[member.index] = member.error
     return errors
 
 
 def auto_pack_size(config: TrialConfig, limit: int = 1024) -> int:
-    return 1
+    """K for this config's device: doubled while the measured aggregate throughput still grows by 10 % and the
+    device keeps a quarter of its memory free (CUDA); a few training steps per candidate, no store written."""
+    device = resolve_device(config.device)
+    torch.set_num_threads(config.threads)
+    features = torch.from_numpy(load_features(config.data)).to(device)
+    template = Transformer(config.model, features.shape[-1], config.data.n_labels, config.data.n_ctx, seed=0)
+    template = template.to(device)
+    best_k, best_rate, k = 1, 0.0, 1
+    while k <= limit:
+        members = [Member(i, config, features, template, device) for i in range(k)]
+        pack = Pack(members, template, device)
+        rate = measure_steps(pack)
+        if device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(device)
+            if free < total / 4:
+                break
+        if rate < best_rate * 1.1:
+            break
+        best_k, best_rate, k = k, rate, 2 * k
+    return best_k
+
+
+def measure_steps(pack: Pack, steps: int = 5) -> float:
+    """Training sequences per second of a pack (after warm-up steps)."""
+    for _ in range(2):
+        pack.train_step()
+    sync(pack.device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        pack.train_step()
+        pack.stats.rows = 0
+    sync(pack.device)
+    return steps * pack.train.batch_size * len(pack.members) / (time.perf_counter() - start)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

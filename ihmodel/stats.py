@@ -33,6 +33,15 @@ class Collector:
                 self.hooks.append((f"blocks.{layer}.attn.hook_z", _Keep(self.zs, layer)))
 
 
+    def take(self) -> tuple[list[Tensor | None], list[Tensor | None]]:
+        """The patterns and zs of the last pass; the collector lets go of them (under vmap they must not leave
+        the vmapped function)."""
+        patterns, zs = self.patterns[:], self.zs[:]
+        self.patterns[:] = [None] * len(patterns)
+        self.zs[:] = [None] * len(zs)
+        return patterns, zs
+
+
 class _Keep:
     def __init__(self, slots: list, index: int):
         self.slots, self.index = slots, index
@@ -80,7 +89,8 @@ class StepStats:
     `row` holds everything the forward pass gives (it may run inside a compiled forward); `record` adds the
     gradient norm after the backward pass and stores the row."""
 
-    def __init__(self, model: Transformer, names: list[str], block: int, device):
+    def __init__(self, model: Transformer, names: list[str], block: int, device, trials: tuple[int, ...] = ()):
+        """`trials` = (K,) keeps K trials' rows side by side (a pack): every row then has a leading trial axis."""
         self.model = model
         recorded = [n for n in STEP_VARIABLES if n in names]
         self.with_grad_norm = "grad_norm" in recorded
@@ -89,7 +99,7 @@ class StepStats:
         self.collector = Collector(model, need_z="head_out_norm" in self.names)
         n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
         self.widths = {n: (n_layers * n_heads if n in HEAD_STATS else 1) for n in self.names}
-        self.buffer = torch.empty(block, sum(self.widths.values()), device=device)
+        self.buffer = torch.empty(block, *trials, sum(self.widths.values()), device=device)
         self.rows = 0
 
     @property
@@ -104,22 +114,23 @@ class StepStats:
             "acc": lambda: (logits.argmax(-1) == batch.query_label).float().mean(),
         }
         if self.head_names:
-            pattern = torch.stack(self.collector.patterns)  # [layer, batch, head, query, key]
+            patterns, zs = self.collector.take()
+            pattern = torch.stack(patterns)  # [layer, batch, head, query, key]
             compute |= {
                 "prev_token_score": lambda: prev_token_score(pattern),
                 "induction_score": lambda: induction_score(pattern, batch.match),
                 "pattern_entropy": lambda: pattern_entropy(pattern),
-                "head_out_norm": lambda: head_out_norm(torch.stack(self.collector.zs), stacked_W_O(self.model)),
+                "head_out_norm": lambda: head_out_norm(torch.stack(zs), stacked_W_O(self.model)),
             }
         return torch.cat([compute[n]().reshape(-1) for n in self.names if n != "grad_norm"] + [loss.new_zeros(0)])
 
     @torch.no_grad()
     def record(self, row: Tensor, grad_norm: Callable[[], Tensor]):
         if self.names:
-            width = row.shape[0]
-            self.buffer[self.rows, :width] = row
+            width = row.shape[-1]
+            self.buffer[self.rows, ..., :width] = row
             if self.with_grad_norm:
-                self.buffer[self.rows, width] = grad_norm()
+                self.buffer[self.rows, ..., width] = grad_norm()
         self.rows += 1
 
     @property
@@ -127,15 +138,16 @@ class StepStats:
         return self.rows == len(self.buffer)
 
     def drain(self) -> dict:
-        """The rows so far as host arrays shaped for the store; the buffer starts over."""
+        """The rows so far as host arrays shaped for the store ([row, (trial,) ...]); the buffer starts over."""
         block = self.buffer[: self.rows].cpu().numpy()
         self.rows = 0
         n_layers, n_heads = self.model.cfg.n_layers, self.model.cfg.n_heads
         out, start = {}, 0
         for name in self.names:
             width = self.widths[name]
-            columns = block[:, start:start + width]
-            out[name] = columns.reshape(-1, n_layers, n_heads) if name in HEAD_STATS else columns[:, 0]
+            columns = block[..., start:start + width]
+            head_shape = (*columns.shape[:-1], n_layers, n_heads)
+            out[name] = columns.reshape(head_shape) if name in HEAD_STATS else columns[..., 0]
             start += width
         return out
 
@@ -160,7 +172,7 @@ class Evaluation:
         """Sums over one chunk: the 5 classification metrics and the induction score [layer, head]."""
         batch = Batch(x, context_labels, query_label, match)
         logits = self.clamps.forward(batch, self.collector.hooks)
-        induction = induction_score(torch.stack(self.collector.patterns), match) * len(batch)
+        induction = induction_score(torch.stack(self.collector.take()[0]), match) * len(batch)
         return classification_metrics(logits, batch).sum(dim=0), induction
 
     def sums(self, data: Batch) -> tuple[Tensor, Tensor]:
@@ -179,9 +191,9 @@ class Evaluation:
                 induction = chunk_induction
         if induction is None:
             induction = self.sums(self.all_train)[1]
-        stacked = torch.stack([metrics[name] for name in self.evaluators], dim=1)  # [5, evaluator]
+        stacked = torch.stack([metrics[name] for name in self.evaluators], dim=-1)  # [(trial,) 5, evaluator]
         names = ("eval_loss", "eval_acc", "eval_icl_acc", "eval_icl_prob", "eval_context_prob")
-        return dict(zip(names, stacked)) | {"eval_induction_score": induction}
+        return dict(zip(names, stacked.unbind(-2))) | {"eval_induction_score": induction}
 
 
 def classification_metrics(logits: Tensor, batch: Batch) -> Tensor:

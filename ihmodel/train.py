@@ -10,13 +10,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ihmodel.checkpoint import load_checkpoint, save_checkpoint
+from ihmodel.checkpoint import checkpoint_state, load_checkpoint, model_shape, write_checkpoint
 from ihmodel.clamp import ClampSet
-from ihmodel.config import TrialConfig, to_yaml, trial_id
+from ihmodel.config import TrainConfig, TrialConfig, trial_id
 from ihmodel.data import Batch, Task
 from ihmodel.model import Transformer
 from ihmodel.stats import Evaluation, StepStats
@@ -37,11 +38,79 @@ def crossed(step: int, batch_size: int, every: int) -> bool:
     return step > 0 and (step * batch_size) // every > ((step - 1) * batch_size) // every
 
 
-class Trial:
-    """Everything one trial holds while it trains."""
+class TrialStore:
+    """What one trial writes, alone or in a pack: its store (step rows, eval rows, completion marker) and its
+    checkpoint. Rows are checked as they are written: a diverged trial fails with its store intact to that point."""
 
     def __init__(self, config: TrialConfig, store_path: Path):
         self.config, self.store_path = config, store_path
+        self.writer: StoreWriter | None = None
+        self.eval_rows: list[tuple[int, dict]] = []
+        self.n_evals = 0
+        self.last_eval_step: int | None = None
+
+    def resume(self, device) -> dict | None:
+        """The checkpoint's state (the store truncated to match it), or None after creating a fresh store."""
+        ckpt = checkpoint_path(self.store_path)
+        if not (ckpt.is_file() and self.store_path.exists()):
+            self.writer = StoreWriter.create(self.store_path, self.config)
+            return None
+        state = load_checkpoint(ckpt, map_location=device)
+        if state["trial_id"] != trial_id(self.config):
+            raise ValueError(f"checkpoint {ckpt} belongs to trial {state['trial_id']}, not "
+                             f"{trial_id(self.config)}; use another store path or delete both to restart")
+        self.n_evals = state["n_evals"]
+        self.writer = StoreWriter(self.store_path)
+        self.writer.truncate(state["step"], self.n_evals)
+        if self.n_evals:
+            self.last_eval_step = int(self.writer.group["eval_step"][self.n_evals - 1])
+        return state
+
+    def add_eval(self, step: int, row: dict | None):
+        """Record an evaluation at `step` (None when no evaluation statistic is recorded)."""
+        if row is not None:
+            self.eval_rows.append((step, row))
+            self.n_evals += 1
+        self.last_eval_step = step
+
+    def write(self, step: int, rows: dict):
+        """Append the step rows that end at `step` and the evaluations so far."""
+        batch_size = self.config.train.batch_size
+        if rows:
+            n = len(next(iter(rows.values())))
+            steps = np.arange(step - n, step)
+            self.writer.append("step", steps, steps * batch_size, rows)
+        if self.eval_rows:
+            steps = np.array([s for s, _ in self.eval_rows])
+            names = [n for n in self.eval_rows[0][1] if n in self.writer.group]
+            eval_rows = {n: torch.stack([r[n] for _, r in self.eval_rows]).cpu().numpy() for n in names}
+            self.writer.append("eval_step", steps, steps * batch_size, eval_rows)
+            self.eval_rows = []
+        if "loss" in rows and not np.isfinite(rows["loss"]).all():
+            bad = step - len(rows["loss"]) + int(np.flatnonzero(~np.isfinite(rows["loss"]))[0])
+            raise FloatingPointError(f"trial {trial_id(self.config)}: the training loss is not finite from step {bad}; "
+                                     f"it diverged: lower train.lr (now {self.config.train.lr:g})")
+
+    def save(self, step: int, model_state: dict, optimizer_state: dict, generator_state: torch.Tensor, shape: dict):
+        write_checkpoint(checkpoint_path(self.store_path),
+                         checkpoint_state(self.config, model_state, optimizer_state, generator_state, step,
+                                          self.n_evals, shape))
+
+    def complete(self):
+        self.writer.mark_complete()
+
+
+def records_eval(config: TrialConfig) -> bool:
+    return bool({"eval", "eval_induction_score"} & set(config.stats))
+
+
+class Trial:
+    """Everything one trial holds while it trains (the runner `train_loop` drives)."""
+
+    live = True  # a failing trial raises instead
+
+    def __init__(self, config: TrialConfig, store_path: Path):
+        self.config = config
         self.device = resolve_device(config.device)
         self.task = Task(config.data, self.device)
         self.model = Transformer(config.model, self.task.d_in, config.data.n_labels, self.task.n_ctx,
@@ -60,28 +129,20 @@ class Trial:
         if train.compiled:
             self.forward = torch.compile(self.forward_loss_stats)
             self.evaluation.chunk = torch.compile(self.evaluation.chunk_sums)
-        self.eval_rows: list[tuple[int, dict]] = []
+        self.store = TrialStore(config, store_path)
         self.step = 0
-        self.n_evals = 0
-        self.last_eval_step: int | None = None
+
+    @property
+    def last_eval_step(self) -> int | None:
+        return self.store.last_eval_step
 
     def start_or_resume(self):
-        ckpt = checkpoint_path(self.store_path)
-        if ckpt.is_file() and self.store_path.exists():
-            state = load_checkpoint(ckpt, map_location=self.device)
-            if state["trial_id"] != trial_id(self.config):
-                raise ValueError(f"checkpoint {ckpt} belongs to trial {state['trial_id']}, not "
-                                 f"{trial_id(self.config)}; use another store path or delete both to restart")
+        state = self.store.resume(self.device)
+        if state is not None:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.generator.set_state(state["generator"])
-            self.step, self.n_evals = state["step"], state["n_evals"]
-            self.writer = StoreWriter(self.store_path)
-            self.writer.truncate(self.step, self.n_evals)
-            if self.n_evals:
-                self.last_eval_step = int(self.writer.group["eval_step"][self.n_evals - 1])
-        else:
-            self.writer = StoreWriter.create(self.store_path, self.config)
+            self.step = state["step"]
 
     def train_step(self):
         batch = self.task.sample_train(self.config.train.batch_size, self.generator)
@@ -105,33 +166,22 @@ class Trial:
         return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
 
     def evaluate(self):
-        if {"eval", "eval_induction_score"} & set(self.config.stats):
-            self.eval_rows.append((self.step, self.evaluation()))
-            self.n_evals += 1
-        self.last_eval_step = self.step
+        self.store.add_eval(self.step, self.evaluation() if records_eval(self.config) else None)
 
     def flush(self) -> dict:
         """Write the buffered step rows and eval rows to the store (one device-to-host copy per block); returns
         the step rows written."""
-        batch_size = self.config.train.batch_size
-        rows = {}
-        if self.stats.rows:
-            first = self.step - self.stats.rows
-            steps = torch.arange(first, self.step).numpy()
-            rows = self.stats.drain()
-            self.writer.append("step", steps, steps * batch_size, rows)
-        if self.eval_rows:
-            steps = torch.tensor([s for s, _ in self.eval_rows]).numpy()
-            names = [n for n in self.eval_rows[0][1] if n in self.writer.group]
-            eval_rows = {n: torch.stack([r[n] for _, r in self.eval_rows]).cpu().numpy() for n in names}
-            self.writer.append("eval_step", steps, steps * batch_size, eval_rows)
-            self.eval_rows = []
+        rows = self.stats.drain() if self.stats.rows else {}
+        self.store.write(self.step, rows)
         return rows
 
     def checkpoint(self):
         self.flush()
-        save_checkpoint(checkpoint_path(self.store_path), self.config, self.model, self.optimizer, self.generator,
-                        self.step, self.n_evals)
+        self.store.save(self.step, self.model.state_dict(), self.optimizer.state_dict(), self.generator.get_state(),
+                        model_shape(self.model))
+
+    def finish(self):
+        self.store.complete()
 
 
 def _fast_adam(device: torch.device) -> dict:
@@ -151,31 +201,37 @@ def run_trial(config: TrialConfig, store_path: str | Path | None = None, progres
     store_path.parent.mkdir(parents=True, exist_ok=True)
     trial = Trial(config, store_path)
     trial.start_or_resume()
-    train = config.train
+    train_loop(trial, config.train, trials=1, desc=trial_id(config)[:8], progress=progress)
+    return store_path
+
+
+def train_loop(runner, train: TrainConfig, trials: int, desc: str, progress: bool | None):
+    """The schedule every runner follows (one trial, or a pack of `trials` as one): evaluate at 0, every
+    `eval_every` sequences and at the end; checkpoint every `checkpoint_every` and at the end; flush statistics
+    when the device buffer is full; mark complete last. A runner stops early when `runner.live` turns false."""
     total = train.steps
     # progress None: a bar only when stderr is a terminal (tqdm's own rule); the loss shown is the last flushed.
-    bar = tqdm(total=total * train.batch_size, initial=trial.step * train.batch_size, unit="seq", unit_scale=True,
-               disable=None if progress is None else not progress, desc=trial_id(config)[:8], file=sys.stderr,
-               mininterval=1.0, dynamic_ncols=True)
-    if trial.last_eval_step is None:
-        trial.evaluate()
-    while trial.step < total:
-        trial.train_step()
-        if crossed(trial.step, train.batch_size, train.eval_every):
-            trial.evaluate()
-        if crossed(trial.step, train.batch_size, train.checkpoint_every):
-            trial.checkpoint()
-        elif trial.stats.full:
-            rows = trial.flush()
+    bar = tqdm(total=total * train.batch_size * trials, initial=runner.step * train.batch_size * trials,
+               unit="seq", unit_scale=True, disable=None if progress is None else not progress, desc=desc,
+               file=sys.stderr, mininterval=1.0, dynamic_ncols=True)
+    if runner.last_eval_step is None:
+        runner.evaluate()
+    while runner.step < total and runner.live:
+        runner.train_step()
+        if crossed(runner.step, train.batch_size, train.eval_every):
+            runner.evaluate()
+        if crossed(runner.step, train.batch_size, train.checkpoint_every):
+            runner.checkpoint()
+        elif runner.stats.full:
+            rows = runner.flush()
             if "loss" in rows:
-                bar.set_postfix(loss=f"{rows['loss'][-64:].mean():.3f}", refresh=False)
-        bar.update(train.batch_size)
-    if trial.last_eval_step != total:
-        trial.evaluate()
-    trial.checkpoint()
-    trial.writer.mark_complete()
+                bar.set_postfix(loss=f"{np.nanmean(rows['loss'][-64:]):.3f}", refresh=False)
+        bar.update(train.batch_size * trials)
+    if runner.live and runner.last_eval_step != total:
+        runner.evaluate()
+    runner.checkpoint()
+    runner.finish()
     bar.close()
-    return store_path
 
 
 USAGE = """usage: icsweep train store=PATH.zarr [key=value ...]   (also: python -m ihmodel.train ...)

@@ -219,7 +219,7 @@ flush = train.Trial.flush
 
 def flush_then_stall(self):
     rows = flush(self)
-    if checkpoint_path(self.store_path).is_file() and self.writer.length("step") > 80:
+    if checkpoint_path(self.store.store_path).is_file() and self.store.writer.length("step") > 80:
         print("stalled at step", self.step, flush=True)
         time.sleep(600)
     return rows
@@ -269,8 +269,8 @@ def test_resume_from_a_copy_taken_mid_run_equals_the_run_itself(tmp_path, tiny_t
 
     def flush_and_copy_once(self):
         rows = flush(self)
-        if checkpoint_path(self.store_path).is_file() and self.step >= 66 and not snapshot.exists():
-            copy_trial(self.store_path, snapshot)
+        if checkpoint_path(self.store.store_path).is_file() and self.step >= 66 and not snapshot.exists():
+            copy_trial(self.store.store_path, snapshot)
         return rows
 
     monkeypatch.setattr(Trial, "flush", flush_and_copy_once)
