@@ -1,4 +1,5 @@
-"""`icsweep run`: compose the sweep, expand the grid, write the manifest, run the pending trials on a backend.
+"""`icsweep run`: compose the sweep, expand the grid, write the manifest, group the pending trials into packs
+(orchestrator.packs) and run them on a backend.
 
 The same on every backend: complete trials are skipped, partial ones resume from their checkpoints (run_trial
 does that), new cells run. Nothing here reads backend state to decide what is done.
@@ -11,6 +12,7 @@ from pathlib import Path
 from orchestrator.backends.base import make_backend
 from orchestrator.driver import Monitor, driver_record, live_driver
 from orchestrator.grid import axes_of, expand
+from orchestrator.packs import describe
 from orchestrator.status import counts, format_counts, report, sweep_states
 from orchestrator.sweep import pending, prepare
 from orchestrator.sweep_config import Sweep
@@ -32,18 +34,19 @@ def run_sweep(sweep: Sweep, quiet: bool = False) -> int:
     prepare(sweep, trials, axes, sweep_dir)
     todo = pending(trials, sweep_dir)
     done = len(trials) - len(todo)
+    packs = backend.packs(todo) if todo else []
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     say(f"icsweep: sweep {sweep.name}: {len(trials)} trials in {sweep_dir}; {done} complete, "
-        f"{len(todo)} to run on {backend.name}")
+        f"{len(todo)} to run on {backend.name}" + (f" in {describe(packs)}" if len(packs) < len(todo) else ""))
     if todo:
         with driver_record(sweep_dir, backend.name):
             if backend.detached:
-                backend.run(todo)
+                backend.run(packs)
                 say(f"icsweep: submitted; follow with `icsweep status {sweep_dir}`; rerun the same command to "
                     f"resume after failures")
                 return 0
             with Monitor(sweep_dir, [t.id for t in todo], done_before=done, total=len(trials)):
-                backend.run(todo)
+                backend.run(packs)
     _, states = sweep_states(sweep_dir, detail=False, ids=[t.id for t in trials])
     c = counts(states)
     say(f"icsweep: {format_counts(c)}")

@@ -1,8 +1,9 @@
 """What each trial of a sweep directory is doing, from the directory alone (no backend state).
 
 complete: the store's completion marker. running: a `.running` heartbeat newer than STALE_S (and, on this host,
-a live pid). failed: an `.error` file (the last attempt failed). pending: anything else (`partial` when a store
-or checkpoint exists, so a rerun resumes it).
+a live pid); every trial of a running pack has one, so each shows running, with its pack. failed: an `.error`
+file (the last attempt failed). pending: anything else (`partial` when a store or checkpoint exists, so a rerun
+resumes it).
 """
 from __future__ import annotations
 
@@ -118,7 +119,9 @@ def report(sweep_dir: Path, out=None) -> dict[str, int]:
         for t in running:
             node = t.where.get("node") or t.where.get("host")
             pct = f"{100 * t.progress:3.0f}%" if t.progress is not None else "  ?%"
-            print(f"  {t.id} {pct}  {format_axes(t.axes)}  on {node} pid {t.where.get('pid')}", file=out)
+            pack = t.where.get("pack")
+            within = f"  in {pack}" if pack and pack != t.id else ""
+            print(f"  {t.id} {pct}  {format_axes(t.axes)}{within}  on {node} pid {t.where.get('pid')}", file=out)
     failed = [t for t in states if t.state == "failed"]
     if failed:
         print("failed (rerun `icsweep run` to retry; each resumes from its checkpoint):", file=out)

@@ -29,15 +29,20 @@ CLAMP_SEARCHPATH = "pkg://ihmodel.conf"
 
 @dataclass
 class Resources:
-    cpus_per_trial: int = 1  # CPU threads a trial owns (torch.set_num_threads; OMP/MKL_NUM_THREADS)
-    gpus_per_trial: float = 0.0  # GPUs a trial owns; fractions share one GPU (Ray only); 0 = CPU trials
-    max_concurrent: int | None = None  # trials at once; None = as many as the cpus/gpus allow
-    max_failures: int = 1  # retries of a failed trial (each retry resumes from the trial's checkpoint)
+    """What one pack gets. A pack is `pack_size` trials trained together in one process (ihmodel.run_pack); the
+    `*_per_trial` names predate packs: they are the resources of that one process, however many trials it trains."""
+
+    cpus_per_trial: int = 1  # CPU threads a pack's process owns (torch.set_num_threads; OMP/MKL_NUM_THREADS)
+    gpus_per_trial: float = 0.0  # GPUs a pack's process owns; fractions share one GPU (Ray only); 0 = CPU
+    max_concurrent: int | None = None  # packs at once; None = as many as the cpus/gpus allow
+    max_failures: int = 1  # retries of a failed pack (only its incomplete trials rerun, from their checkpoints)
+    pack_size: Any = 1  # trials per pack (only trials of equal ihmodel.pack.pack_key share one): an int >= 1, or
+    # auto = ihmodel.pack.auto_pack_size of each group's first trial, measured once by the driver on its machine
 
 
 @dataclass
 class LocalOptions:
-    workers: int | None = None  # worker processes; None = cores // cpus_per_trial; 0 = in this process
+    workers: int | None = None  # worker processes (one pack each); None = cores // cpus_per_trial; 0 = in this process
 
 
 @dataclass
@@ -49,8 +54,8 @@ class RayOptions:
 @dataclass
 class SubmititOptions:
     partition: str | None = None  # None = the cluster's default partition
-    timeout_min: int = 60  # per job; at the limit the trial is requeued and continues from its checkpoint
-    mem_gb: float = 2.0  # per trial
+    timeout_min: int = 60  # per array task; at the limit the pack is requeued, its trials resume from checkpoints
+    mem_gb: float = 2.0  # per array task (one pack: raise it with resources.pack_size)
     gres: str | None = None  # e.g. gpu:1; None = derived from resources.gpus_per_trial
     array_parallelism: int = 64  # array tasks running at once
     account: str | None = None
@@ -187,6 +192,10 @@ def _typed(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"resources.cpus_per_trial={res.cpus_per_trial}; must be at least 1")
     if res.gpus_per_trial < 0 or res.max_failures < 0 or (res.max_concurrent is not None and res.max_concurrent < 1):
         raise ValueError("resources: gpus_per_trial and max_failures must be >= 0, max_concurrent >= 1 or null")
+    size = res.pack_size
+    if size != "auto" and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise ValueError(f"resources.pack_size={size!r}; give an int >= 1 (trials trained together in one process, "
+                         f"e.g. resources.pack_size=8) or resources.pack_size=auto")
     return settings
 
 

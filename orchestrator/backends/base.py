@@ -1,8 +1,10 @@
-"""The backend contract: run the pending trials of a sweep directory, each through orchestrator.trial.execute.
+"""The backend contract: run the packs of pending trials of a sweep directory, each pack through
+orchestrator.trial.execute_pack in one process.
 
-A backend knows nothing of training and decides nothing about what is done: it is handed trials whose stores
-are not complete, gives each a number of CPU threads (and a device), and retries failures. A new backend is a
-small module with a subclass of `Backend`.
+A backend knows nothing of training and decides nothing about what is done: it is handed packs of trials whose
+stores are not complete (orchestrator.packs; one trial each by default), gives each pack a process with a number
+of CPU threads (and a device), and retries failed packs. A new backend is a small module with a subclass of
+`Backend`.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 
 from orchestrator.grid import Trial
+from orchestrator.packs import Pack, make_packs
 from orchestrator.sweep_config import Sweep
 
 
@@ -23,6 +26,7 @@ class Backend(ABC):
 
     @property
     def threads(self) -> int:
+        """CPU threads of one pack's process."""
         return self.resources.cpus_per_trial
 
     @property
@@ -38,9 +42,13 @@ class Backend(ABC):
     def check(self):
         """Raise ValueError (one line: the problem and the fix) if the backend cannot run here; writes nothing."""
 
+    def packs(self, trials: list[Trial]) -> list[Pack]:
+        """The trials grouped into packs of at most resources.pack_size (see orchestrator.packs)."""
+        return make_packs(trials, self.resources.pack_size, self.threads, self.device, self.sweep_dir)
+
     @abstractmethod
-    def run(self, trials: list[Trial]):
-        """Run every trial (blocking, unless detached); failures are recorded in logs/, not raised."""
+    def run(self, packs: list[Pack]):
+        """Run every pack (blocking, unless detached); failures are recorded in logs/, not raised."""
 
 
 def make_backend(sweep: Sweep, sweep_dir: Path) -> Backend:

@@ -1,6 +1,7 @@
-"""`local`: a pool of worker processes on this machine, each owning `cpus_per_trial` threads.
+"""`local`: a pool of worker processes on this machine, each running one pack at a time with `cpus_per_trial`
+threads.
 
-workers = cores // cpus_per_trial by default; `local.workers=0` runs the trials one after another in this
+workers = cores // cpus_per_trial by default; `local.workers=0` runs the packs one after another in this
 process (the fallback tests use). Workers die with the driver (PR_SET_PDEATHSIG), so a killed driver leaves no
 trial running; a rerun resumes them from their checkpoints.
 """
@@ -15,8 +16,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 
 from orchestrator.backends.base import Backend
-from orchestrator.grid import Trial
-from orchestrator.trial import execute, set_threads
+from orchestrator.packs import Pack
+from orchestrator.trial import PackFailed, execute_pack, set_threads
 
 PR_SET_PDEATHSIG = 1
 
@@ -36,58 +37,61 @@ class LocalBackend(Backend):
     def check(self):
         if self.resources.gpus_per_trial != int(self.resources.gpus_per_trial):
             raise ValueError(f"resources.gpus_per_trial={self.resources.gpus_per_trial}: the local backend gives "
-                             f"a trial a whole device or none; use backend=ray to share GPUs")
+                             f"a pack a whole device or none; use backend=ray to share GPUs")
 
-    def run(self, trials: list[Trial]):
+    def run(self, packs: list[Pack]):
         if self.workers == 0:
-            self._run_in_process(trials)
+            self._run_in_process(packs)
         else:
-            self._run_pool(trials)
+            self._run_pool(packs)
 
-    def _run_in_process(self, trials: list[Trial]):
-        for trial in trials:
+    def _run_in_process(self, packs: list[Pack]):
+        for pack in packs:
             for attempt in range(self.resources.max_failures + 1):
                 try:
-                    self._execute(trial, redirect=True)
+                    self._execute(pack, redirect=True)
                     break
                 except Exception:
                     continue
 
-    def _execute(self, trial: Trial, redirect: bool = True):
-        return execute(self.sweep_dir, trial.id, trial.config_yaml, threads=self.threads, device=self.device,
-                       backend=self.name, redirect=redirect)
+    def _execute(self, pack: Pack, redirect: bool = True):
+        return execute_pack(self.sweep_dir, pack.trial_ids, pack.config_yamls, threads=self.threads,
+                            device=self.device, backend=self.name, redirect=redirect, pack=pack.id)
 
-    def _run_pool(self, trials: list[Trial]):
-        failures = {t.id: 0 for t in trials}
-        queue = list(trials)
+    def _run_pool(self, packs: list[Pack]):
+        failures = {p.id: 0 for p in packs}
+        queue = list(packs)
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-        pool = self._pool(min(self.workers, len(trials)))
-        running: dict[Future, Trial] = {}
+        pool = self._pool(min(self.workers, len(packs)))
+        running: dict[Future, Pack] = {}
         finished = False
+
+        def failed(pack: Pack, error: BaseException):
+            failures[pack.id] += 1
+            if failures[pack.id] <= self.resources.max_failures:
+                queue.append(pack)  # its complete trials are skipped; the others resume from their checkpoints
+            else:
+                what = str(error) if isinstance(error, PackFailed) else f"{pack.id} failed: {error!r}"
+                print(f"icsweep: {what}", file=sys.stderr, flush=True)
+
         try:
             while queue or running:
                 while queue and len(running) < self.workers:
-                    trial = queue.pop(0)
-                    running[pool.submit(execute, str(self.sweep_dir), trial.id, trial.config_yaml,
-                                        threads=self.threads, device=self.device, backend=self.name)] = trial
+                    pack = queue.pop(0)
+                    running[pool.submit(execute_pack, str(self.sweep_dir), pack.trial_ids, pack.config_yamls,
+                                        threads=self.threads, device=self.device, backend=self.name,
+                                        pack=pack.id)] = pack
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 broken = False
                 for future in done:
-                    trial = running.pop(future)
+                    pack = running.pop(future)
                     error = future.exception()
-                    if error is None:
-                        continue
-                    broken |= isinstance(error, BrokenProcessPool)
-                    failures[trial.id] += 1
-                    if failures[trial.id] <= self.resources.max_failures:
-                        queue.append(trial)
-                    else:
-                        print(f"icsweep: trial {trial.id} failed: {error!r}", file=sys.stderr, flush=True)
-                if broken:  # a worker died (killed, out of memory): every in-flight trial is lost with the pool
-                    for future, trial in running.items():
-                        failures[trial.id] += 1
-                        if failures[trial.id] <= self.resources.max_failures:
-                            queue.append(trial)
+                    if error is not None:
+                        broken |= isinstance(error, BrokenProcessPool)
+                        failed(pack, error)
+                if broken:  # a worker died (killed, out of memory): every in-flight pack is lost with the pool
+                    for future, pack in running.items():
+                        failed(pack, BrokenProcessPool("its worker process died"))
                     running.clear()
                     _kill(pool)
                     pool = self._pool(min(self.workers, max(1, len(queue))))
@@ -95,7 +99,7 @@ class LocalBackend(Backend):
         finally:
             if finished:
                 pool.shutdown(wait=True)
-            else:  # interrupted (Ctrl-C, SIGTERM from icsweep cancel): stop the running trials now
+            else:  # interrupted (Ctrl-C, SIGTERM from icsweep cancel): stop the running packs now
                 _kill(pool)
             signal.signal(signal.SIGTERM, previous)
 
@@ -121,7 +125,7 @@ def _raise_interrupt(signum, frame):
 
 
 def _kill(pool: ProcessPoolExecutor):
-    """Stop at once: running trials are killed (they resume from their checkpoints next time)."""
+    """Stop at once: running packs are killed (they resume from their checkpoints next time)."""
     processes = list(getattr(pool, "_processes", {}).values())
     pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:

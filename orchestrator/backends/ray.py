@@ -1,7 +1,8 @@
-"""`ray`: Ray Tune over the pending trials: resources per trial (fractional GPUs allowed), max concurrent trials,
-retries on failure. A plain local `ray.init()` on a laptop; an explicit `ray.address` inside a cluster (see
-slurm/ray-cluster.sh). Tune's experiment state goes to logs/ray/ but never decides what is done (no
-Tuner.restore): each run hands Tune only the trials whose stores are not complete.
+"""`ray`: Ray Tune over the packs of pending trials, one Tune trial per pack: resources per pack (fractional GPUs
+allowed), max concurrent packs, retries of a failed pack (which train only its incomplete trials). A plain local
+`ray.init()` on a laptop; an explicit `ray.address` inside a cluster (see slurm/ray-cluster.sh). Tune's experiment
+state goes to logs/ray/ but never decides what is done (no Tuner.restore): each run hands Tune only packs of
+trials whose stores are not complete.
 """
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import time
 from pathlib import Path
 
 from orchestrator.backends.base import Backend
-from orchestrator.grid import Trial
-from orchestrator.trial import THREAD_ENV, execute
+from orchestrator.packs import Pack
+from orchestrator.trial import THREAD_ENV, execute_pack
 
 
 class RayBackend(Backend):
@@ -39,7 +40,7 @@ class RayBackend(Backend):
                 raise ValueError(f"ray: no Ray cluster answers at {address} ({error}); start one (ray start --head, "
                                  f"or sbatch slurm/sweep.sh ... backend=ray) or drop ray.address for a local Ray") from None
 
-    def run(self, trials: list[Trial]):
+    def run(self, packs: list[Pack]):
         import ray
         from ray import tune
 
@@ -48,12 +49,12 @@ class RayBackend(Backend):
         started = self._init(ray, env)
         try:
             trainable = tune.with_parameters(
-                _trainable, sweep_dir=str(self.sweep_dir), configs={t.id: t.config_yaml for t in trials},
-                threads=self.threads, device=self.device)
+                _trainable, sweep_dir=str(self.sweep_dir),
+                packs={p.id: (p.trial_ids, p.config_yamls) for p in packs}, threads=self.threads, device=self.device)
             resources = {"cpu": self.threads, "gpu": self.resources.gpus_per_trial}
             tuner = tune.Tuner(
                 tune.with_resources(trainable, resources),
-                param_space={"trial_id": tune.grid_search([t.id for t in trials])},
+                param_space={"pack": tune.grid_search([p.id for p in packs])},
                 tune_config=tune.TuneConfig(max_concurrent_trials=self.resources.max_concurrent, reuse_actors=True),
                 run_config=tune.RunConfig(
                     name=time.strftime("run-%Y%m%d-%H%M%S"), storage_path=str(self.sweep_dir / "logs" / "ray"),
@@ -83,9 +84,13 @@ class RayBackend(Backend):
         return True
 
 
-def _trainable(config: dict, sweep_dir: str, configs: dict[str, str], threads: int, device: str | None):
-    trial_id = config["trial_id"]
-    result = execute(Path(sweep_dir), trial_id, configs[trial_id], threads=threads, device=device, backend="ray")
+def _trainable(config: dict, sweep_dir: str, packs: dict[str, tuple[list[str], list[str]]], threads: int,
+               device: str | None):
+    pack = config["pack"]
+    trial_ids, config_yamls = packs[pack]
+    results = execute_pack(Path(sweep_dir), trial_ids, config_yamls, threads=threads, device=device, backend="ray",
+                           pack=pack)
     from ray import tune
 
-    tune.report({"trial_seconds": float(result["seconds"]), "outcome": str(result["outcome"])})
+    tune.report({"pack_seconds": max(float(r["seconds"]) for r in results),
+                 "trials_complete": sum(r["outcome"] == "complete" for r in results)})

@@ -1,11 +1,13 @@
-"""`submitit`: the pending trials as one SLURM job array (capped by `submitit.array_parallelism`).
+"""`submitit`: the packs of pending trials as one SLURM job array, an array task per pack (capped by
+`submitit.array_parallelism`).
 
-Each array task runs `TrialJob`, a submitit Checkpointable: on timeout or preemption submitit calls its
-`checkpoint()`, which resubmits the same call, and run_trial continues from the trial's own checkpoint; an outside
-`scontrol requeue` restarts the task, which does the same. `submitit.wait=false` submits and exits.
+Each array task runs `PackJob`, a submitit Checkpointable: on timeout or preemption submitit calls its
+`checkpoint()`, which resubmits the same call, and each trial of the pack continues from its own checkpoint; an
+outside `scontrol requeue` restarts the task, which does the same. `submitit.wait=false` submits and exits.
 
-The job ids go to logs/submitit/jobs.json, only so that a rerun does not submit a trial whose job is still queued
-or running, and so that `icsweep cancel` can scancel them; what is done is decided by the stores.
+The job ids go to logs/submitit/jobs.json (one record per trial: its array task and pack), only so that a rerun
+does not submit a trial whose job is still queued or running, and so that `icsweep cancel` can scancel them; what
+is done is decided by the stores.
 """
 from __future__ import annotations
 
@@ -21,27 +23,28 @@ from pathlib import Path
 import submitit
 
 from orchestrator.backends.base import Backend
-from orchestrator.grid import Trial
-from orchestrator.trial import THREAD_ENV, execute
+from orchestrator.packs import Pack
+from orchestrator.trial import THREAD_ENV, execute_pack, pack_id
 
 POLL_S = 3.0
 
 
-class TrialJob(submitit.helpers.Checkpointable):
-    """One trial as a SLURM array task; requeue (timeout, preemption, scontrol requeue) resumes it."""
+class PackJob(submitit.helpers.Checkpointable):
+    """One pack as a SLURM array task; requeue (timeout, preemption, scontrol requeue) resumes its trials."""
 
     def __init__(self, sweep_dir: str, threads: int, device: str | None):
         self.sweep_dir = sweep_dir
         self.threads = threads
         self.device = device
 
-    def __call__(self, trial_id: str, config_yaml: str) -> dict:
-        return execute(self.sweep_dir, trial_id, config_yaml, threads=self.threads, device=self.device,
-                       backend="submitit")
+    def __call__(self, pack: str, trial_ids: list[str], config_yamls: list[str]) -> list[dict]:
+        return execute_pack(self.sweep_dir, trial_ids, config_yamls, threads=self.threads, device=self.device,
+                            backend="submitit", pack=pack)
 
-    def checkpoint(self, trial_id: str, config_yaml: str) -> submitit.helpers.DelayedSubmission:
-        # The trial's state is its own checkpoint file (run_trial resumes from it): resubmit the same call.
-        return submitit.helpers.DelayedSubmission(self, trial_id, config_yaml)
+    def checkpoint(self, pack: str, trial_ids: list[str], config_yamls: list[str]
+                   ) -> submitit.helpers.DelayedSubmission:
+        # A trial's state is its own checkpoint file (run_pack resumes each from it): resubmit the same call.
+        return submitit.helpers.DelayedSubmission(self, pack, trial_ids, config_yamls)
 
 
 def jobs_file(sweep_dir: Path) -> Path:
@@ -132,26 +135,29 @@ class SubmititBackend(Backend):
         executor.update_parameters(**params)
         return executor
 
-    def submit(self, trials: list[Trial]) -> list:
-        """One array job for `trials`; its task ids recorded in logs/submitit/jobs.json."""
+    def submit(self, packs: list[Pack]) -> list:
+        """One array job for `packs`, a task per pack; task ids recorded per trial in logs/submitit/jobs.json."""
         executor = self.executor()
-        job = TrialJob(str(self.sweep_dir), self.threads, self.device)
+        job = PackJob(str(self.sweep_dir), self.threads, self.device)
         try:
-            jobs = executor.map_array(job, [t.id for t in trials], [t.config_yaml for t in trials])
+            jobs = executor.map_array(job, [p.id for p in packs], [p.trial_ids for p in packs],
+                                      [p.config_yamls for p in packs])
         except Exception as error:  # sbatch refused: bad partition, gres, memory...
             first = str(error).strip().splitlines()
             raise ValueError(f"submitit: sbatch refused the array ({first[-1] if first else error}); "
                              f"check submitit.partition/gres/mem_gb and resources") from None
         records = read_jobs(self.sweep_dir)
         now = time.time()
-        records += [{"job_id": j.job_id, "array_job_id": j.job_id.split("_")[0], "trial_id": t.id,
-                     "submitted": now} for j, t in zip(jobs, trials)]
+        records += [{"job_id": j.job_id, "array_job_id": j.job_id.split("_")[0], "trial_id": tid, "pack": p.id,
+                     "submitted": now} for j, p in zip(jobs, packs) for tid in p.trial_ids]
         path = jobs_file(self.sweep_dir)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(records, indent=0))
         tmp.replace(path)
-        print(f"icsweep: submitted array job {jobs[0].job_id.split('_')[0]} ({len(jobs)} trials, at most "
+        trials = sum(len(p.trials) for p in packs)
+        print(f"icsweep: submitted array job {jobs[0].job_id.split('_')[0]} ({trials} trials"
+              + (f" in {len(jobs)} packs" if trials != len(jobs) else "") + f", at most "
               f"{self.sweep.submitit.array_parallelism} at once); logs in {self.sweep_dir / 'logs' / 'submitit'}",
               flush=True)
         return jobs
@@ -161,28 +167,35 @@ class SubmititBackend(Backend):
         active = active_jobs(self.sweep_dir)
         return {j["trial_id"]: active[j["job_id"]] for j in read_jobs(self.sweep_dir) if j["job_id"] in active}
 
-    def run(self, trials: list[Trial]):
+    def run(self, packs: list[Pack]):
         from orchestrator.sweep import pending
 
         queued = self.in_flight()
-        fresh = [t for t in trials if t.id not in queued]
-        if len(fresh) < len(trials):
-            print(f"icsweep: {len(trials) - len(fresh)} trials already queued or running in SLURM; not resubmitted",
-                  flush=True)
-        failures = {t.id: 0 for t in trials}
+        fresh = []
+        for pack in packs:  # a trial queued by an earlier run stays there; its pack-mates go without it
+            trials = [t for t in pack.trials if t.id not in queued]
+            if trials:
+                same = len(trials) == len(pack.trials)
+                fresh.append(pack if same else Pack(pack_id([t.id for t in trials]), trials))
+        skipped = sum(len(p.trials) for p in packs) - sum(len(p.trials) for p in fresh)
+        if skipped:
+            print(f"icsweep: {skipped} trials already queued or running in SLURM; not resubmitted", flush=True)
+        failures = {p.id: 0 for p in packs}
         if fresh:
             self.submit(fresh)
         if self.detached:
             return
         while True:
             self._wait()
-            retry = [t for t in pending(trials, self.sweep_dir) if failures[t.id] < self.resources.max_failures]
+            retry = [p for p in packs
+                     if pending(p.trials, self.sweep_dir) and failures[p.id] < self.resources.max_failures]
             if not retry:
                 return
-            for t in retry:
-                failures[t.id] += 1
-            print(f"icsweep: {len(retry)} trials ended incomplete; resubmitting them (retry "
-                  f"{max(failures[t.id] for t in retry)} of {self.resources.max_failures})", file=sys.stderr, flush=True)
+            for p in retry:
+                failures[p.id] += 1
+            print(f"icsweep: {len(retry)} packs ended with incomplete trials; resubmitting them (retry "
+                  f"{max(failures[p.id] for p in retry)} of {self.resources.max_failures})", file=sys.stderr,
+                  flush=True)
             self.submit(retry)
 
     def _wait(self):

@@ -80,6 +80,54 @@ def test_kill_driver_then_rerun(tmp_path):
     assert log.count("--- icsweep trial") == 2  # killed once, resumed once
 
 
+@pytest.mark.slow
+def test_kill_driver_mid_pack_then_rerun(tmp_path):
+    """pack_size=2: the driver is killed while its first pack runs (status shows both of its trials running); the
+    rerun packs what is left and every trial completes exactly once, resumed ones from their checkpoints, with the
+    statistics of an uninterrupted run (up to float rounding: packs of other members may batch sums otherwise)."""
+    packed = [*SWEEP, "resources.pack_size=2"]
+    reference = tmp_path / "reference"
+    assert run_sweep(load_sweep("smoke", [*packed[1:], f"out={reference}", "local.workers=0"]), quiet=True) == 0
+
+    out = tmp_path / "killed"
+    driver = subprocess.Popen([PYTHON, "-m", "orchestrator.cli", "run", *packed, f"out={out}", "local.workers=1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: (out / "manifest.json").is_file(), 60, "the manifest")
+        first, second, third = read_manifest(out).trial_ids()
+
+        def mid_run(tid):
+            return checkpoint_path(store_path(out, tid)).exists() and not is_complete(store_path(out, tid))
+
+        wait_for(lambda: "running 2" in icsweep("status", str(out)).stdout, 120, "the first pack running")
+        status = icsweep("status", str(out)).stdout
+        wait_for(lambda: mid_run(first) or mid_run(second), 120, "the first pack past a checkpoint")
+        running = (out / "logs" / f"{second}.running").read_text()
+        worker = int(__import__("json").loads(running)["pid"])
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(10)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert "running 2" in status and f"in pack-{first}" in status, status
+    wait_for(lambda: not pid_alive(worker), 10, "the worker to die with its driver")
+    interrupted = [tid for tid in (first, second) if mid_run(tid)]
+    assert interrupted
+    assert not is_complete(store_path(out, second)) and not is_complete(store_path(out, third))
+    done = [tid for tid in (first, second) if is_complete(store_path(out, tid))]
+    finished = {tid: store_files(store_path(out, tid)) for tid in done}
+
+    proc = icsweep("run", *packed, f"out={out}", "local.workers=1", check=True)
+    assert f"{len(done)} complete, {3 - len(done)} to run" in proc.stdout
+    assert {tid: store_files(store_path(out, tid)) for tid in done} == finished
+    runs = attempts(out)
+    for tid in (first, second, third):
+        assert [a["outcome"] for a in runs[tid]] == ["complete"], tid
+        xr.testing.assert_allclose(open_store(store_path(reference, tid)).drop_attrs(deep=False),
+                                   open_store(store_path(out, tid)).drop_attrs(deep=False), rtol=1e-4, atol=1e-6)
+    assert all(runs[tid][0]["resumed"] for tid in interrupted)
+
+
 def test_a_second_runner_waits_for_the_first(tmp_path):
     """Two runners of one trial (an orphan and a rerun): the second waits on the lock, then finds it complete."""
     from orchestrator.trial import execute
