@@ -136,11 +136,13 @@ class Pack:
     def last_eval_step(self) -> int | None:
         return self.members[0].store.last_eval_step
 
-    def train_step(self):
+    def sample(self) -> list[Tensor]:
+        """Each member's next training batch from its own stream, stacked: x, context_labels, query_label, match."""
         batches = [m.task.sample_train(self.train.batch_size, m.generator) for m in self.members]
-        stacked = [torch.stack([getattr(b, f) for b in batches]) for f in ("x", "context_labels", "query_label",
-                                                                           "match")]
-        loss, rows = self.forward(self.params.flat, *stacked)
+        return [torch.stack([getattr(b, f) for b in batches]) for f in ("x", "context_labels", "query_label", "match")]
+
+    def train_step(self):
+        loss, rows = self.forward(self.params.flat, *self.sample())
         self.params.flat.grad = None
         loss.sum().backward()  # trial k's loss depends on trial k's parameters only: each gets its own gradient
         grad = self.params.flat.grad

@@ -1,0 +1,132 @@
+"""Packed training: aggregate sequences/s against the pack size K, statistics on, at the paper's config.
+
+    python bench/bench_pack.py [--sizes 1 4 16 64 256 1024] [--device cpu|cuda] [--threads 1] [--steps 20]
+
+For each K: a pack of K trials (seeds 1..K, stores in a temporary directory) is compiled and warmed up, then its
+steady state is timed as a trial runs it: training steps with per-step statistics, plus one evaluation and one
+flush of statistics to the K Zarr stores, amortized at the config's eval_every and flush_every. The same is timed
+for one unpacked trial (run_trial's runner). Printed as ratios from this one run (the machine is shared and
+noisy): aggregate rate to K=1 and to the unpacked trial, and the achieved GFLOP/s of the training steps (FLOPs
+counted by torch's FlopCounterMode) against a large float32 matmul measured in the same run.
+
+Targets (issue 5): on this CPU, aggregate per core >= 1.3x the unpacked single-thread rate; on one H100, >= 1,000
+trials in a pack at >= 50x the aggregate rate of one unpacked trial.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from ihmodel.compose import compose_trial
+from ihmodel.features import load_features
+from ihmodel.model import Transformer
+from ihmodel.pack import Member, Pack, sync
+from ihmodel.train import Trial
+
+CPU_TARGET_PER_CORE = 1.3
+GPU_TARGET = (1000, 50.0)
+
+
+def steady_state(runner, device, steps: int) -> dict:
+    """Seconds per training step, per evaluation and per flush of a compiled, warmed-up runner."""
+    for _ in range(3):  # compile and warm up
+        runner.train_step()
+    runner.evaluate()
+    runner.flush()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        runner.train_step()
+    sync(device)
+    step_s = (time.perf_counter() - start) / steps
+    start = time.perf_counter()
+    runner.evaluate()
+    sync(device)
+    eval_s = time.perf_counter() - start
+    start = time.perf_counter()
+    runner.flush()
+    flush_s = (time.perf_counter() - start) / max(1, steps + 1)  # per row flushed
+    return {"step_s": step_s, "eval_s": eval_s, "flush_s": flush_s}
+
+
+def sequences_per_s(times: dict, config, trials: int) -> float:
+    train = config.train
+    steps_per_eval = train.eval_every / train.batch_size
+    step_s = times["step_s"] + times["eval_s"] / steps_per_eval + times["flush_s"]
+    return trials * train.batch_size / step_s
+
+
+def flops_per_step(pack: Pack) -> float:
+    """FLOPs of one training forward and backward (counted eagerly: compiled code hides its ops from counters)."""
+    batch = pack.sample()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        loss, _ = pack.forward_all(pack.params.flat, *batch)
+        loss.sum().backward()
+    return counter.get_total_flops()
+
+
+def matmul_gflops(device, n: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a @ b
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    sync(device)
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 16, 64, 256, 1024])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=20)
+    args = parser.parse_args()
+    overrides = [f"device={args.device}", f"threads={args.threads}", "train.compile=true"]
+    config = compose_trial(overrides)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    print(f"device {args.device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
+          f"{args.threads} thread(s), paper config, statistics on (eval every {config.train.eval_every} sequences)")
+    peak = matmul_gflops(device)
+    print(f"float32 matmul 2048^3: {peak:.1f} GFLOP/s")
+    with tempfile.TemporaryDirectory() as tmp:
+        trial = Trial(compose_trial(overrides + ["seed=1"]), Path(tmp) / "alone.zarr")
+        trial.start_or_resume()
+        alone = sequences_per_s(steady_state(trial, device, args.steps), config, 1)
+        del trial
+        print(f"unpacked trial: {alone:9.0f} seq/s")
+        features = torch.from_numpy(load_features(config.data)).to(device)
+        template = Transformer(config.model, features.shape[-1], config.data.n_labels, config.data.n_ctx,
+                               seed=0).to(device)
+        print(f"{'K':>5} {'seq/s':>10} {'x K=1':>7} {'x unpacked':>11} {'per trial':>10} {'GFLOP/s':>8} {'x matmul':>9}")
+        rate_1 = None
+        for k in args.sizes:
+            members = []
+            for i in range(k):
+                member = Member(i, compose_trial(overrides + [f"seed={i + 1}"]), features, template, device)
+                member.open(Path(tmp) / f"K{k}" / f"t{i}.zarr", device)
+                members.append(member)
+            pack = Pack(members, template, device)
+            times = steady_state(pack, device, args.steps)
+            rate = sequences_per_s(times, config, k)
+            rate_1 = rate_1 or rate
+            gflops = flops_per_step(pack) / times["step_s"] / 1e9
+            print(f"{k:5d} {rate:10.0f} {rate / rate_1:7.2f} {rate / alone:11.2f} {rate / k:10.0f} {gflops:8.1f} "
+                  f"{gflops / peak:9.3f}", flush=True)
+            del pack, members
+        if device.type == "cpu":
+            print(f"target: aggregate per core >= {CPU_TARGET_PER_CORE}x the unpacked single-thread rate")
+        else:
+            print(f"target: >= {GPU_TARGET[0]} trials in a pack at >= {GPU_TARGET[1]:.0f}x one unpacked trial")
+
+
+if __name__ == "__main__":
+    main()
