@@ -49,15 +49,17 @@ def steady_state(runner, device, steps: int) -> dict:
     sync(device)
     eval_s = time.perf_counter() - start
     start = time.perf_counter()
-    runner.flush()
-    flush_s = (time.perf_counter() - start) / max(1, steps + 1)  # per row flushed
+    runner.flush()  # one write per store per variable, whatever the rows: its cost is per flush, not per row
+    flush_s = time.perf_counter() - start
     return {"step_s": step_s, "eval_s": eval_s, "flush_s": flush_s}
 
 
 def sequences_per_s(times: dict, config, trials: int) -> float:
+    """The steady rate of a trial's schedule: a step, plus an evaluation every eval_every sequences and a flush
+    every flush_every steps."""
     train = config.train
     steps_per_eval = train.eval_every / train.batch_size
-    step_s = times["step_s"] + times["eval_s"] / steps_per_eval + times["flush_s"]
+    step_s = times["step_s"] + times["eval_s"] / steps_per_eval + times["flush_s"] / train.flush_every
     return trials * train.batch_size / step_s
 
 

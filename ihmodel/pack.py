@@ -124,6 +124,7 @@ class Pack:
         self.forward = self.forward_all
         if self.train.compiled:
             self.forward = torch.compile(self.forward_all)
+            self.adam.update = torch.compile(self.adam.update)
             for evaluation in self.evaluations:
                 evaluation.chunk = torch.compile(evaluation.vmapped_chunk)
 
@@ -145,9 +146,8 @@ class Pack:
         loss, rows = self.forward(self.params.flat, *self.sample())
         self.params.flat.grad = None
         loss.sum().backward()  # trial k's loss depends on trial k's parameters only: each gets its own gradient
-        grad = self.params.flat.grad
-        self.adam.step(grad)
-        self.stats.record(rows, grad_norm=lambda: torch.linalg.vector_norm(grad, dim=1))
+        grad_norm = self.adam.step(self.params.flat.grad)
+        self.stats.record(rows, grad_norm=lambda: grad_norm)
         self.step += 1
 
     def evaluate(self):

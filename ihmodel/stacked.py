@@ -70,15 +70,23 @@ class StackedAdam:
         self.trains, self.fused = trains, fused
 
     @torch.no_grad()
-    def step(self, grad: Tensor):
+    def step(self, grad: Tensor) -> Tensor:
+        """One update of every trial from `grad` [K, n_params]; returns each trial's gradient norm [K]."""
         self.steps += 1
-        beta1, beta2 = self.beta1.float(), self.beta2.float()
         step_size = (self.lr / (1 - self.beta1 ** self.steps)).float()
         bias_correction2_sqrt = ((1 - self.beta2 ** self.steps) ** 0.5).float()
-        self.exp_avg.lerp_(grad, 1 - beta1)
-        self.exp_avg_sq.mul_(beta2).add_(grad * grad * (1 - beta2))
-        denom = (self.exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(self.eps)
-        self.params.flat.sub_(self.exp_avg / denom * step_size)
+        return self.update(self.params.flat, grad, self.exp_avg, self.exp_avg_sq, self.beta1.float(),
+                           self.beta2.float(), step_size, bias_correction2_sqrt, self.eps)
+
+    @staticmethod
+    @torch.no_grad()
+    def update(param, grad, exp_avg, exp_avg_sq, beta1, beta2, step_size, bias_correction2_sqrt, eps) -> Tensor:
+        """torch.optim.Adam's arithmetic, with [K, 1] settings; compiled, it is one pass over the parameters."""
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).add_(grad * grad * (1 - beta2))
+        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+        param.sub_(exp_avg / denom * step_size)
+        return torch.linalg.vector_norm(grad, dim=1)
 
     def state_dict(self, k: int) -> dict:
         """Trial k's optimizer state in torch.optim.Adam's state_dict format (what a trial alone would save)."""
