@@ -228,3 +228,12 @@ def test_stacked_adam_steps_like_torch_adam_for_each_trial(model):
             assert float(exported["state"][i]["step"]) == float(entry["step"]) == 3
             torch.testing.assert_close(exported["state"][i]["exp_avg"], entry["exp_avg"])
             torch.testing.assert_close(exported["state"][i]["exp_avg_sq"], entry["exp_avg_sq"])
+
+
+def test_auto_pack_size_measures_a_power_of_two_within_the_limit(tiny_trial, tmp_path):
+    from ihmodel.pack import auto_pack_size
+
+    k = auto_pack_size(compose_trial(tiny_trial), limit=8)
+
+    assert k in (1, 2, 4, 8)
+    assert not any(tmp_path.iterdir())  # measuring writes no store
