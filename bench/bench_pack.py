@@ -108,7 +108,8 @@ def main():
         features = torch.from_numpy(load_features(config.data)).to(device)
         template = Transformer(config.model, features.shape[-1], config.data.n_labels, config.data.n_ctx,
                                seed=0).to(device)
-        print(f"{'K':>5} {'seq/s':>10} {'x K=1':>7} {'x unpacked':>11} {'per trial':>10} {'GFLOP/s':>8} {'x matmul':>9}")
+        header = ("K", "seq/s", "x K=1", "x unpacked", "per trial", "GFLOP/s", "x matmul")
+        print(" ".join(f"{h:>{w}}" for h, w in zip(header, (5, 10, 7, 11, 10, 8, 9))))
         rate_1 = None
         for k in args.sizes:
             members = []
