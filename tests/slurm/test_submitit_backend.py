@@ -91,6 +91,30 @@ def test_smoke_as_a_job_array(slurm_cluster, tmp_path):
     assert len(after) == 12
 
 
+def test_packs_as_array_tasks(slurm_cluster, tmp_path):
+    """resources.pack_size=2: an array task per pack of two trials (of one n_labels value), each trial complete."""
+    out = tmp_path / "packed"
+    proc = icsweep(slurm_cluster, "run", "sweep=smoke", "backend=submitit", f"out={out}", "resources.pack_size=2",
+                   *TINY, *SLURM)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "8 to run on submitit in 4 packs of 2" in proc.stdout and "(8 trials in 4 packs" in proc.stdout
+    assert "complete 8" in proc.stdout
+    manifest = read_manifest(out)
+    assert all(is_complete(store_path(out, t.id)) for t in manifest.trials)
+    runs = attempts(out)
+    assert all([a["outcome"] for a in runs[t.id]] == ["complete"] for t in manifest.trials)
+    tasks: dict[str, set] = {}
+    for t in manifest.trials:
+        run, = runs[t.id]
+        assert run["backend"] == "submitit" and run["pack_trials"] == 2
+        tasks.setdefault(run["pack"], set()).add((run["slurm_array_job"], run["slurm_array_task"], t.axes["n_labels"]))
+    assert len(tasks) == 4 and all(len(task) == 1 for task in tasks.values())  # both trials in one task
+    array = {job.split("_")[0] for job in jobs(out).values()}
+    assert len(array) == 1
+    rows = sacct(slurm_cluster, array.pop())
+    assert len(rows) == 4 and all(state == "COMPLETED" for _, state in rows)
+
+
 @pytest.mark.slow
 def test_requeue_and_preemption_resume_from_checkpoint(slurm_cluster, tmp_path):
     """`scontrol requeue` of one running trial and a preemption signal (USR2, handled by Submitit's checkpoint)
@@ -126,6 +150,51 @@ def test_requeue_and_preemption_resume_from_checkpoint(slurm_cluster, tmp_path):
         assert_same_statistics(expected, actual)
     log = (out / "logs" / f"{second}.log").read_text()
     assert log.count("--- icsweep trial") == 2
+
+
+@pytest.mark.slow
+def test_requeue_and_preemption_of_packs_resume_their_trials(slurm_cluster, tmp_path):
+    """pack_size=2, two array tasks: `scontrol requeue` of one, a preemption signal (USR2: PackJob.checkpoint
+    resubmits the pack) to the other; every trial continues from its checkpoint, with the statistics of an
+    uninterrupted run of the same packs (up to float rounding: a signal between two trials' checkpoint writes
+    resumes them at different steps, as packs of one, whose sums round otherwise)."""
+    sweep = ["sweep=smoke", "seeds=[1,2,3,4]", "clamps=[none]", "axes.data.n_labels=[5]", *TINY,
+             "base.train.sequences=48000", "base.train.checkpoint_every=640", "base.train.eval_every=1600"]
+    reference = tmp_path / "reference"
+    proc = icsweep(slurm_cluster, "run", *sweep, f"out={reference}", "backend=local", "local.workers=0",
+                   "resources.pack_size=2")
+    assert proc.returncode == 0, proc.stderr
+
+    out = tmp_path / "requeued"
+    proc = icsweep(slurm_cluster, "run", *sweep, f"out={out}", "backend=submitit", "submitit.wait=false",
+                   "resources.pack_size=2", *SLURM)
+    assert proc.returncode == 0, proc.stderr
+    ids = read_manifest(out).trial_ids()
+    task = jobs(out)
+    assert task[ids[0]] == task[ids[1]] != task[ids[2]] == task[ids[3]]
+
+    def mid_run(tid):
+        return (checkpoint_path(store_path(out, tid)).exists() and not is_complete(store_path(out, tid))
+                and (out / "logs" / f"{tid}.running").exists())
+
+    wait_for(lambda: any(mid_run(t) for t in ids[:2]) and any(mid_run(t) for t in ids[2:]), 180,
+             "both packs running past a checkpoint")
+    interrupted = [tid for tid in ids if mid_run(tid)]
+    subprocess.run(["scontrol", "requeue", task[ids[0]]], env=slurm_cluster, check=True, timeout=60)
+    subprocess.run(["scancel", "--signal=USR2", task[ids[2]]], env=slurm_cluster, check=True, timeout=60)
+    wait_for(lambda: not queued(slurm_cluster, task[ids[0]].split("_")[0]), 300, "the array to finish")
+    runs = attempts(out)
+    for tid in ids:
+        assert is_complete(store_path(out, tid))
+        assert [a["outcome"] for a in runs[tid]] in (["complete"], ["interrupted", "complete"]), runs[tid]
+        expected = xr.open_zarr(store_path(reference, tid), consolidated=False).load()
+        actual = xr.open_zarr(store_path(out, tid), consolidated=False).load()
+        xr.testing.assert_allclose(expected.drop_attrs(deep=False), actual.drop_attrs(deep=False), rtol=1e-3,
+                                   atol=1e-4)
+    for tid in interrupted:
+        assert runs[tid][-1]["resumed"] is True, runs[tid]
+    log = (out / "logs" / f"pack-{ids[2]}.log").read_text()
+    assert log.count("--- icsweep pack") == 2  # preempted once, resumed once
 
 
 def test_slurm_unreachable_is_one_line_and_writes_nothing(tmp_path):
