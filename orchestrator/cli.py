@@ -46,7 +46,8 @@ def cmd_run(args: list[str]) -> int:
         print("usage: icsweep run sweep=NAME|FILE.yaml [backend=local|ray|submitit] [out=DIR] [overrides]\n"
               f"sweeps: {', '.join(sweep_names())}\n"
               "overrides: base.train.sequences=2000 axes.data.n_labels=[5,10] +axes.data.burstiness=[1,2] "
-              "clamps=[noclamp,perfect_copy] seeds=range(0,10) resources.cpus_per_trial=1 local.workers=2 "
+              "clamps=[noclamp,perfect_copy] seeds=range(0,10) resources.cpus_per_trial=1 resources.pack_size=8|auto "
+              "local.workers=2 "
               "ray.address=HOST:PORT submitit.partition=gpu submitit.wait=false")
         return 0
     names = [a for a in args if a.startswith("sweep=")]

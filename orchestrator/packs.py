@@ -45,9 +45,11 @@ def make_packs(trials: list[Trial], pack_size: int | str, threads: int, device: 
                sweep_dir: Path | None = None) -> list[Pack]:
     """Group `trials` by pack key into packs of at most K, in manifest order when `sweep_dir` has one (the
     trials within a pack, and the packs by their first trial: pack_size=1 keeps the manifest's order)."""
+    trials = manifest_order(trials, sweep_dir)
+    if pack_size == 1:  # one trial per process: no grouping (nor torch, which ihmodel.pack imports)
+        return [Pack(pack_id([t.id]), [t]) for t in trials]
     from ihmodel.pack import pack_key
 
-    trials = manifest_order(trials, sweep_dir)
     groups: dict[str, list[Trial]] = {}
     for trial in trials:
         groups.setdefault(pack_key(as_run(trial.config, threads, device)), []).append(trial)
