@@ -15,6 +15,7 @@ trials in a pack at >= 50x the aggregate rate of one unpacked trial.
 from __future__ import annotations
 
 import argparse
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -125,6 +126,8 @@ def main():
             print(f"{k:5d} {rate:10.0f} {rate / rate_1:7.2f} {rate / alone:11.2f} {rate / k:10.0f} {gflops:8.1f} "
                   f"{gflops / peak:9.3f}", flush=True)
             del pack, members
+        print(f"peak memory of this process (every pack above, and the unpacked trial): "
+              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB")
         if device.type == "cpu":
             print(f"target: aggregate per core >= {CPU_TARGET_PER_CORE}x the unpacked single-thread rate")
         else:
