@@ -75,6 +75,12 @@ def tiny_trial() -> list[str]:
 
 
 @pytest.fixture(scope="session")
+def tiny_trial_overrides() -> tuple[str, ...]:
+    """TINY_TRIAL for fixtures broader than a test."""
+    return tuple(TINY_TRIAL)
+
+
+@pytest.fixture(scope="session")
 def completed_trial(tmp_path_factory):
     """(config, store path) of the tiny trial run to completion once per session. Read it, never write it."""
     from ihmodel.compose import compose_trial

@@ -36,13 +36,11 @@ def configs(tiny_trial, specs=MIXED, extra=()):
 
 
 @pytest.fixture(scope="module")
-def alone(tmp_path_factory):
+def alone(tmp_path_factory, tiny_trial_overrides):
     """The MIXED trials, each run alone once per module: path of trial i."""
-    from conftest import TINY_TRIAL
-
     directory = tmp_path_factory.mktemp("alone")
     paths = []
-    for i, config in enumerate(configs(list(TINY_TRIAL))):
+    for i, config in enumerate(configs(list(tiny_trial_overrides))):
         paths.append(run_trial(config, directory / f"t{i}.zarr"))
     return paths
 

@@ -129,9 +129,9 @@ def test_step_stats_buffer_and_drain(model, task):
         batch = task.sample_train(8, generator)
         logits = clamp_set.forward(batch, stats.observers)
         loss = F.cross_entropy(logits, batch.query_label)
+        patterns.append((torch.stack(stats.collector.patterns).clone(), batch.match))  # row() lets go of them
         stats.record(stats.row(batch, logits, loss), grad_norm=lambda: torch.tensor(1.5 + step))
         losses.append(loss.item())
-        patterns.append((torch.stack(stats.collector.patterns).clone(), batch.match))
     assert stats.full
 
     rows = stats.drain()
