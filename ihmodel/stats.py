@@ -69,13 +69,12 @@ def pattern_entropy(pattern: Tensor) -> Tensor:
 
 def head_out_norm(z: Tensor, W_O: Tensor) -> Tensor:
     """z [layer, batch, pos, head, d_head], W_O [layer, head, d_head, d_model] -> [layer, head]: mean L2 norm of each
-    head's write z W_O into the residual stream, as sqrt(z^T (W_O W_O^T) z): d_head x d_head per head instead of
-    d_model wide products. Broadcast sums in float64, not a BLAS matmul, whose float32 rounding can depend on where
-    the weights sit in memory: a resumed trial must record the same numbers as an uninterrupted one."""
-    W_O, z = W_O.double(), z.double()
+    head's write z W_O into the residual stream, as sqrt(z . (G z)) with G = W_O W_O^T: d_head x d_head per head
+    instead of d_model wide products. Broadcast sums, not BLAS matmuls, whose rounding can depend on where the
+    weights sit in memory: a resumed trial must record the same numbers as an uninterrupted one."""
     gram = (W_O[..., :, None, :] * W_O[..., None, :, :]).sum(-1)  # [layer, head, d_head, d_head]
-    squared = (z[..., :, None] * gram[:, None, None] * z[..., None, :]).sum(dim=(-1, -2))
-    return squared.clamp_min(0).sqrt().mean(dim=(1, 2)).float()
+    gram_z = (gram[:, None, None] * z[..., None, :]).sum(-1)  # [layer, batch, pos, head, d_head]
+    return (z * gram_z).sum(-1).clamp_min(0).sqrt().mean(dim=(1, 2))
 
 
 def stacked_W_O(model: Transformer) -> Tensor:
