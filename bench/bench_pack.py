@@ -69,7 +69,7 @@ def flops_per_step(pack: Pack) -> float:
     batch = pack.sample()
     counter = FlopCounterMode(display=False)
     with counter:
-        loss, _ = pack.forward_all(pack.params.flat, *batch)
+        loss, _ = pack.forward_all(pack.params.views(prefix="model."), *batch)
         loss.sum().backward()
     return counter.get_total_flops()
 
@@ -113,6 +113,7 @@ def main():
         print(" ".join(f"{h:>{w}}" for h, w in zip(header, (5, 10, 7, 11, 10, 8, 9))))
         rate_1 = None
         for k in args.sizes:
+            torch._dynamo.reset()  # compile for this K alone, as a pack's own process does (static shapes)
             members = []
             for i in range(k):
                 member = Member(i, compose_trial(overrides + [f"seed={i + 1}"]), features, template, device)

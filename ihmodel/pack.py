@@ -143,10 +143,11 @@ class Pack:
         return [torch.stack([getattr(b, f) for b in batches]) for f in ("x", "context_labels", "query_label", "match")]
 
     def train_step(self):
-        loss, rows = self.forward(self.params.flat, *self.sample())
-        self.params.flat.grad = None
+        loss, rows = self.forward(self.params.views(prefix="model."), *self.sample())
+        for tensor in self.params.tensors.values():
+            tensor.grad = None
         loss.sum().backward()  # trial k's loss depends on trial k's parameters only: each gets its own gradient
-        grad_norm = self.adam.step(self.params.flat.grad)
+        grad_norm = self.adam.step()
         self.stats.record(rows, grad_norm=lambda: grad_norm)
         self.step += 1
 
@@ -183,9 +184,10 @@ class Pack:
                 member.error = error
 
     # ---- the batched computation -----------------------------------------------------------------------------
-    def forward_all(self, flat: Tensor, x: Tensor, context_labels: Tensor, query_label: Tensor, match: Tensor):
-        """Losses [K] and statistics rows [K, width] of every trial's training forward (its clamps on)."""
-        params = self.params.views(flat, prefix="model.")
+    def forward_all(self, params: dict[str, Tensor], x: Tensor, context_labels: Tensor, query_label: Tensor,
+                    match: Tensor):
+        """Losses [K] and statistics rows [K, width] of every trial's training forward (its clamps on), from the
+        stacked parameters `params` (functional_call names)."""
         losses, rows = [], []
         for part, clamps in self.groups:
             def one(p, *tensors, clamps=clamps):
@@ -206,7 +208,7 @@ class Pack:
     @torch.no_grad()
     def evaluate_all(self) -> list[dict[str, Tensor]]:
         """Every member's evaluation row, a group's trials vmapped together in chunks that bound memory."""
-        views = self.params.views(self.params.flat.detach(), prefix="model.")
+        views = {name: tensor.detach() for name, tensor in self.params.views(prefix="model.").items()}
         rows: list[dict[str, Tensor]] = []
         for (part, _), evaluation in zip(self.groups, self.evaluations):
             for start in range(part.start, part.stop, evaluation.trials_per_chunk):

@@ -1,10 +1,11 @@
-"""K copies of one model's parameters as one tensor, and K Adam optimizers as a handful of tensor ops.
+"""K copies of one model's parameters, stacked, and K Adam optimizers as a handful of tensor ops.
 
-The parameters of K trials live in one leaf `flat` [K, n_params]; each named parameter is a view of it with a
-leading trial axis, so a forward over the views (torch.func.vmap over functional_call) gives, in one backward,
-every trial's gradient in `flat.grad`. Adam is elementwise, so K optimizers with their own lr, betas and eps are
-the same few ops on [K, n_params] with per-trial scalars as [K, 1] columns. Each trial's model and optimizer state
-can be read out and loaded in torch's own formats, so a trial's checkpoint resumes alone or in any pack.
+Each named parameter of K trials is one leaf tensor [K, *shape], so a forward over them (torch.func.vmap over
+functional_call) gives, in one backward, every trial's gradient. (One flat [K, n_params] leaf sliced into views
+would be simpler to update, but each slice's backward fills a zero tensor of the whole flat size: that was a
+quarter of a packed step.) Adam is elementwise, so K optimizers with their own lr, betas and eps are the same ops
+on the stacked tensors with per-trial scalars broadcast along the trial axis. Each trial's model and optimizer
+state can be read out and loaded in torch's own formats, so a trial's checkpoint resumes alone or in any pack.
 """
 from __future__ import annotations
 
@@ -19,34 +20,24 @@ class StackedParameters:
         """`template` gives names and shapes; `states` each trial's initial state_dict."""
         self.template = template
         self.names = [name for name, _ in template.named_parameters()]
-        self.shapes = [p.shape for _, p in template.named_parameters()]
-        sizes = [p.numel() for _, p in template.named_parameters()]
-        self.offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
-        self.flat = torch.zeros(len(states), self.offsets[-1], device=device)
-        for k, state in enumerate(states):
-            self.load(k, state)
-        self.flat.requires_grad_(True)
+        self.tensors = {name: torch.stack([state[name] for state in states]).to(device).requires_grad_(True)
+                        for name in self.names}
 
-    def views(self, flat: Tensor, prefix: str = "") -> dict[str, Tensor]:
-        """name -> [K, *shape] views of `flat` (call inside the forward, so gradients reach `flat`)."""
-        return {prefix + name: flat[:, start:stop].unflatten(1, shape)
-                for name, shape, start, stop in zip(self.names, self.shapes, self.offsets, self.offsets[1:])}
-
-    def columns(self, name: str) -> slice:
-        i = self.names.index(name)
-        return slice(self.offsets[i], self.offsets[i + 1])
+    def views(self, prefix: str = "") -> dict[str, Tensor]:
+        """name -> [K, *shape] leaf, the names prefixed for functional_call."""
+        return {prefix + name: tensor for name, tensor in self.tensors.items()}
 
     @torch.no_grad()
     def load(self, k: int, state: dict[str, Tensor]):
-        for name, shape in zip(self.names, self.shapes):
-            self.flat[k, self.columns(name)] = state[name].reshape(-1).to(self.flat.device)
+        for name, tensor in self.tensors.items():
+            tensor[k] = state[name].to(tensor.device)
 
     @torch.no_grad()
     def state_dict(self, k: int) -> dict[str, Tensor]:
         """Trial k's model state_dict, as the template's `state_dict()` would give it."""
         state = {name: value.clone() for name, value in self.template.state_dict().items()}
-        for name, shape in zip(self.names, self.shapes):
-            state[name] = self.flat[k, self.columns(name)].reshape(shape).clone()
+        for name, tensor in self.tensors.items():
+            state[name] = tensor[k].clone()
         return state
 
 
@@ -55,13 +46,14 @@ class StackedAdam:
 
     def __init__(self, params: StackedParameters, trains: list[TrainConfig], fused: bool):
         self.params = params
-        flat = params.flat
-        self.exp_avg = torch.zeros_like(flat, requires_grad=False)
-        self.exp_avg_sq = torch.zeros_like(flat, requires_grad=False)
+        tensors = list(params.tensors.values())
+        self.exp_avg = [torch.zeros_like(t, requires_grad=False) for t in tensors]
+        self.exp_avg_sq = [torch.zeros_like(t, requires_grad=False) for t in tensors]
         self.steps = 0  # the trials of a pack step together
+        device = tensors[0].device
 
-        def column(values: list[float]) -> Tensor:  # [K, 1], float64 like the Python floats torch's Adam uses
-            return torch.tensor(values, dtype=torch.float64, device=flat.device)[:, None]
+        def column(values: list[float]) -> Tensor:  # [K], float64 like the Python floats torch's Adam uses
+            return torch.tensor(values, dtype=torch.float64, device=device)
 
         self.lr = column([t.lr for t in trains])
         self.beta1 = column([t.beta1 for t in trains])
@@ -70,23 +62,31 @@ class StackedAdam:
         self.trains, self.fused = trains, fused
 
     @torch.no_grad()
-    def step(self, grad: Tensor) -> Tensor:
-        """One update of every trial from `grad` [K, n_params]; returns each trial's gradient norm [K]."""
+    def step(self) -> Tensor:
+        """One update of every trial from the parameters' gradients; returns each trial's gradient norm [K]
+        (a parameter without a gradient, cut off by every trial's clamps, is left as it is)."""
         self.steps += 1
         step_size = (self.lr / (1 - self.beta1 ** self.steps)).float()
         bias_correction2_sqrt = ((1 - self.beta2 ** self.steps) ** 0.5).float()
-        return self.update(self.params.flat, grad, self.exp_avg, self.exp_avg_sq, self.beta1.float(),
-                           self.beta2.float(), step_size, bias_correction2_sqrt, self.eps)
+        chosen = [i for i, p in enumerate(self.params.tensors.values()) if p.grad is not None]
+        tensors = list(self.params.tensors.values())
+        return self.update([tensors[i] for i in chosen], [tensors[i].grad for i in chosen],
+                           [self.exp_avg[i] for i in chosen], [self.exp_avg_sq[i] for i in chosen],
+                           self.beta1.float(), self.beta2.float(), step_size, bias_correction2_sqrt, self.eps)
 
     @staticmethod
     @torch.no_grad()
-    def update(param, grad, exp_avg, exp_avg_sq, beta1, beta2, step_size, bias_correction2_sqrt, eps) -> Tensor:
-        """torch.optim.Adam's arithmetic, with [K, 1] settings; compiled, it is one pass over the parameters."""
-        exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).add_(grad * grad * (1 - beta2))
-        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-        param.sub_(exp_avg / denom * step_size)
-        return torch.linalg.vector_norm(grad, dim=1)
+    def update(params, grads, exp_avgs, exp_avg_sqs, beta1, beta2, step_size, bias_correction2_sqrt, eps) -> Tensor:
+        """torch.optim.Adam's arithmetic with [K] settings; compiled, one pass over each parameter."""
+        squared_norm = torch.zeros_like(beta1)
+        for param, grad, exp_avg, exp_avg_sq in zip(params, grads, exp_avgs, exp_avg_sqs):
+            shape = (-1,) + (1,) * (param.ndim - 1)  # per-trial settings broadcast along the trial axis
+            exp_avg.lerp_(grad, (1 - beta1).view(shape))
+            exp_avg_sq.mul_(beta2.view(shape)).add_(grad * grad * (1 - beta2).view(shape))
+            denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt.view(shape)).add_(eps.view(shape))
+            param.sub_(exp_avg / denom * step_size.view(shape))
+            squared_norm = squared_norm + grad.square().flatten(1).sum(1)
+        return squared_norm.sqrt()
 
     def state_dict(self, k: int) -> dict:
         """Trial k's optimizer state in torch.optim.Adam's state_dict format (what a trial alone would save)."""
@@ -95,19 +95,17 @@ class StackedAdam:
                                     **({"fused": True} if self.fused else {}))
         state = template.state_dict()
         step = torch.tensor(float(self.steps), dtype=torch.float32,
-                            device=self.exp_avg.device if self.fused else "cpu")
-        for i, (name, shape) in enumerate(zip(self.params.names, self.params.shapes)):
-            columns = self.params.columns(name)
-            state["state"][i] = {"step": step.clone(), "exp_avg": self.exp_avg[k, columns].reshape(shape).clone(),
-                                 "exp_avg_sq": self.exp_avg_sq[k, columns].reshape(shape).clone()}
+                            device=self.exp_avg[0].device if self.fused else "cpu")
+        for i, (exp_avg, exp_avg_sq) in enumerate(zip(self.exp_avg, self.exp_avg_sq)):
+            state["state"][i] = {"step": step.clone(), "exp_avg": exp_avg[k].clone(),
+                                 "exp_avg_sq": exp_avg_sq[k].clone()}
         return state
 
     @torch.no_grad()
     def load_state_dict(self, k: int, state: dict, steps: int):
         """Trial k's torch.optim.Adam state; a parameter without state (no gradient yet) starts from zeros."""
         self.steps = steps
-        for i, name in enumerate(self.params.names):
-            columns = self.params.columns(name)
+        for i, (exp_avg, exp_avg_sq) in enumerate(zip(self.exp_avg, self.exp_avg_sq)):
             entry = state["state"].get(i)
-            for moment, target in (("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq)):
-                target[k, columns] = 0.0 if entry is None else entry[moment].reshape(-1).to(target.device)
+            for moment, target in (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
+                target[k] = 0.0 if entry is None else entry[moment].to(target.device)

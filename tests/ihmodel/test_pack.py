@@ -210,12 +210,15 @@ def test_stacked_adam_steps_like_torch_adam_for_each_trial(model):
                   for m, t in zip(models, trains)]
     generator = torch.Generator().manual_seed(0)
     for _ in range(3):
-        grads = torch.randn(params.flat.shape, generator=generator)
-        stacked.step(grads)
+        for name, tensor in params.tensors.items():
+            tensor.grad = torch.randn(tensor.shape, generator=generator)
+        norms = stacked.step()
         for k, (m, optimizer) in enumerate(zip(models, references)):
             for name, p in m.named_parameters():
-                p.grad = grads[k, params.columns(name)].reshape(p.shape).clone()
+                p.grad = params.tensors[name].grad[k].clone()
             optimizer.step()
+            grads = [p.grad for p in m.parameters()]
+            torch.testing.assert_close(norms[k], torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
 
     for k, (m, optimizer) in enumerate(zip(models, references)):
         for name, value in params.state_dict(k).items():
