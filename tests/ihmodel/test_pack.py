@@ -2,11 +2,6 @@
 a killed pack resumes identically; a failing trial fails alone; checkpoints interchange with run_trial."""
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import threading
 
 import numpy as np
 import pytest
@@ -18,6 +13,7 @@ from ihmodel.pack import pack_key, run_pack
 from ihmodel.stacked import StackedAdam, StackedParameters
 from ihmodel.store import checkpoint_path, is_complete
 from ihmodel.train import run_trial
+from stall_helpers import kill_when_stalled
 
 # Four trials that share a pack: two clamp sets (one needing a first pass), four seeds, two learning rates.
 MIXED = [["seed=1", "clamp=none"], ["seed=2", "clamp=perfect_match"], ["seed=3", "clamp=none", "train.lr=3e-4"],
@@ -105,23 +101,9 @@ print(pack.run_pack(configs, [f"{directory}/p{i}.zarr" for i in range(len(config
 
 
 def kill_pack_after_a_checkpoint(tmp_path, tiny_trial) -> list:
-    child = tmp_path / "child.py"
-    child.write_text(STALLING_PACK)
     overrides = " ".join(tiny_trial + ["train.lr=1e-3"])
-    with open(tmp_path / "child.err", "w") as stderr:
-        process = subprocess.Popen([sys.executable, str(child), str(tmp_path), overrides,
-                                    *[",".join(spec) for spec in MIXED]], stdout=subprocess.PIPE, stderr=stderr,
-                                   text=True)
-    watchdog = threading.Timer(120, process.kill)
-    watchdog.start()
-    try:
-        line = process.stdout.readline()
-        assert line.startswith("stalled at step"), line + (tmp_path / "child.err").read_text()
-        os.kill(process.pid, signal.SIGKILL)
-        assert process.wait() == -signal.SIGKILL
-    finally:
-        watchdog.cancel()
-        process.kill()
+    kill_when_stalled(STALLING_PACK, [str(tmp_path), overrides, *[",".join(spec) for spec in MIXED]],
+                      "stalled at step", tmp_path)
     return [tmp_path / f"p{i}.zarr" for i in range(len(MIXED))]
 
 
@@ -238,3 +220,17 @@ def test_auto_pack_size_measures_a_power_of_two_within_the_limit(tiny_trial, tmp
 
     assert k in (1, 2, 4, 8)
     assert not any(tmp_path.iterdir())  # measuring writes no store
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_each_trial_of_a_mixed_pack_on_cuda_records_what_it_records_alone_on_cuda(tiny_trial, tmp_path):
+    trials = configs(tiny_trial, extra=["device=cuda"])
+    alone_on_cuda = [run_trial(config, tmp_path / f"alone{i}.zarr") for i, config in enumerate(trials)]
+    packed = [tmp_path / f"pack{i}.zarr" for i in range(4)]
+
+    errors = run_pack(trials, packed)
+
+    assert errors == [None] * 4
+    for expected, actual in zip(alone_on_cuda, packed):
+        assert_same_statistics(load(expected), load(actual))

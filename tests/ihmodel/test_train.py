@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from ihmodel.compose import clamp_set_names, compose_trial
 from ihmodel.config import from_yaml, trial_id
 from ihmodel.store import EVALUATORS, checkpoint_path, is_complete
 from ihmodel.train import Trial, crossed, main, run_trial
+from stall_helpers import kill_when_stalled
 
 CPU = torch.device("cpu")
 
@@ -233,21 +233,7 @@ print("finished", flush=True)
 def test_sigkill_after_a_checkpoint_then_resume_equals_an_uninterrupted_run(completed_trial, tmp_path, tiny_trial):
     config, reference = completed_trial
     store = tmp_path / "trial.zarr"
-    child = tmp_path / "child.py"
-    child.write_text(STALLING_CHILD)
-    with open(tmp_path / "child.err", "w") as stderr:
-        process = subprocess.Popen([sys.executable, str(child), str(store), *tiny_trial], stdout=subprocess.PIPE,
-                                   stderr=stderr, text=True)
-    watchdog = threading.Timer(120, process.kill)
-    watchdog.start()
-    try:
-        line = process.stdout.readline()
-        assert line.startswith("stalled at step 82"), line + (tmp_path / "child.err").read_text()
-        os.kill(process.pid, signal.SIGKILL)
-        assert process.wait() == -signal.SIGKILL
-    finally:
-        watchdog.cancel()
-        process.kill()
+    kill_when_stalled(STALLING_CHILD, [str(store), *tiny_trial], "stalled at step 82", tmp_path)
     killed = load(store)
     state = load_checkpoint(checkpoint_path(store), map_location=CPU)
     assert not is_complete(store)

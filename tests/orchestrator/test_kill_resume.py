@@ -2,6 +2,7 @@
 the interrupted trial's statistics equal an uninterrupted run's."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -21,6 +22,14 @@ from orchestrator.sweep_config import load_sweep
 # Three trials of 200 steps, checkpoints every 20 steps: long enough to kill one between checkpoint and end.
 SWEEP = ["sweep=smoke", "seeds=[1,2,3]", "clamps=[none]", "axes.data.n_labels=[5]", *TINY,
          "base.train.sequences=6400", "base.train.checkpoint_every=640", "base.train.eval_every=640"]
+
+
+def kill_driver_while_running(driver: subprocess.Popen, out, trial_id: str) -> int:
+    """SIGKILL the sweep driver while `trial_id` runs; returns the pid of the worker that runs it."""
+    worker = int(json.loads((out / "logs" / f"{trial_id}.running").read_text())["pid"])
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait(10)
+    return worker
 
 
 def open_store(path: Path) -> xr.Dataset:
@@ -55,10 +64,7 @@ def test_kill_driver_then_rerun(tmp_path):
         first, second, third = read_manifest(out).trial_ids()
         wait_for(lambda: is_complete(store_path(out, first)) and checkpoint_path(store_path(out, second)).exists()
                  and not is_complete(store_path(out, second)), 120, "trial 1 complete and trial 2 checkpointed")
-        running = (out / "logs" / f"{second}.running").read_text()
-        worker = int(__import__("json").loads(running)["pid"])
-        os.kill(driver.pid, signal.SIGKILL)
-        driver.wait(10)
+        worker = kill_driver_while_running(driver, out, second)
     finally:
         if driver.poll() is None:
             driver.kill()
@@ -103,10 +109,7 @@ def test_kill_driver_mid_pack_then_rerun(tmp_path):
         wait_for(lambda: "running 2" in icsweep("status", str(out)).stdout, 120, "the first pack running")
         status = icsweep("status", str(out)).stdout
         wait_for(lambda: mid_run(first) or mid_run(second), 120, "the first pack past a checkpoint")
-        running = (out / "logs" / f"{second}.running").read_text()
-        worker = int(__import__("json").loads(running)["pid"])
-        os.kill(driver.pid, signal.SIGKILL)
-        driver.wait(10)
+        worker = kill_driver_while_running(driver, out, second)
     finally:
         if driver.poll() is None:
             driver.kill()
