@@ -66,17 +66,15 @@ class Member:
         self.initial = Transformer(config.model, self.task.d_in, config.data.n_labels, self.task.n_ctx,
                                    seed=config.seed).state_dict()
         self.store: TrialStore | None = None
-        self.state: dict | None = None  # the checkpoint resumed from
+        self.state: dict | None = None  # the checkpoint resumed from, until its pack has loaded it
+        self.step = 0  # the step it resumes at
         self.error: BaseException | None = None
 
     def open(self, store_path: Path, device):
         store_path.parent.mkdir(parents=True, exist_ok=True)
         self.store = TrialStore(self.config, store_path)
         self.state = self.store.resume(device)
-
-    @property
-    def step(self) -> int:
-        return self.state["step"] if self.state else 0
+        self.step = self.state["step"] if self.state else 0
 
     @property
     def live(self) -> bool:
@@ -118,6 +116,7 @@ class Pack:
                 self.params.load(k, member.state["model"])
                 self.adam.load_state_dict(k, member.state["optimizer"], member.step)
                 member.generator.set_state(member.state["generator"])
+                member.state = None  # a thousand trials' checkpoints are not kept twice
         self.step = self.members[0].step
         self.stats = StepStats(template, config.stats, self.train.flush_every, device, trials=(len(self.members),))
         self.evaluations = [PackEvaluation(clamps, self.functional, config) for _, clamps in self.groups]
@@ -300,7 +299,8 @@ def run_pack(configs: list[TrialConfig], store_paths: list[str | Path],
 
 def auto_pack_size(config: TrialConfig, limit: int = 1024) -> int:
     """K for this config's device: doubled while the measured aggregate throughput still grows by 10 % and the
-    device keeps a quarter of its memory free (CUDA); a few training steps per candidate, no store written."""
+    device keeps a quarter of its memory free (CUDA); a few training steps per candidate, no store written. A
+    compiled config compiles once per candidate (tens of seconds each on CPU)."""
     device = resolve_device(config.device)
     torch.set_num_threads(config.threads)
     features = torch.from_numpy(load_features(config.data)).to(device)
