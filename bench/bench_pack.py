@@ -69,7 +69,7 @@ def flops_per_step(pack: Pack) -> float:
     batch = pack.sample()
     counter = FlopCounterMode(display=False)
     with counter:
-        loss, _ = pack.forward_all(pack.params.views(prefix="model."), *batch)
+        loss, _ = pack.forward_all(pack.params.by_name(prefix="model."), *batch)
         loss.sum().backward()
     return counter.get_total_flops()
 
@@ -114,9 +114,10 @@ def main():
         rate_1 = None
         for k in args.sizes:
             torch._dynamo.reset()  # compile for this K alone, as a pack's own process does (static shapes)
-            members = []
+            members, clamp_sets = [], {}
             for i in range(k):
-                member = Member(i, compose_trial(overrides + [f"seed={i + 1}"]), features, template, device)
+                member = Member(i, compose_trial(overrides + [f"seed={i + 1}"]), features, template, device,
+                                clamp_sets)
                 member.open(Path(tmp) / f"K{k}" / f"t{i}.zarr", device)
                 members.append(member)
             pack = Pack(members, template, device)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from ihmodel.checkpoint import model_shape
 from ihmodel.clamp import ClampSet
 from ihmodel.config import TrialConfig, result_defining, to_dict
 from ihmodel.data import Batch, Sequences, Task
@@ -54,11 +55,16 @@ def pack_key(config: TrialConfig) -> str:
 class Member:
     """One trial of a pack: its data stream, evaluation sets, clamp set, initial state and store."""
 
-    def __init__(self, index: int, config: TrialConfig, features: Tensor, template: Transformer, device):
+    def __init__(self, index: int, config: TrialConfig, features: Tensor, template: Transformer, device,
+                 clamp_sets: dict[str, ClampSet]):
+        """`clamp_sets` is shared by the members of a pack: one ClampSet per distinct clamp config (a graft's
+        checkpoint is loaded once, not once per trial)."""
         self.index, self.config = index, config
         self.task = Task(config.data, device, features)
-        self.clamps = ClampSet(config.clamp, template)  # checked here, before any training
         self.clamp_key = json.dumps(to_dict(config)["clamp"], sort_keys=True)
+        if self.clamp_key not in clamp_sets:  # checked here, before any training
+            clamp_sets[self.clamp_key] = ClampSet(config.clamp, template)
+        self.clamps = clamp_sets[self.clamp_key]
         self.generator = torch.Generator(device).manual_seed(config.data_seed)
         self.evaluators = self.task.evaluators(config.eval, config.eval_seed)
         if config.eval.induction_set == "all_train":
@@ -90,6 +96,21 @@ class _Functional(nn.Module):
 
     def forward(self, fn, *args):
         return fn(*args)
+
+    def per_trial(self, fn):
+        """fn(*tensors) -> vmapped (stacked params, *stacked tensors): fn runs once per trial, on its own."""
+        def one(params, *tensors):
+            return functional_call(self, params, (fn, *tensors))
+
+        return vmap(one)
+
+
+BATCH_FIELDS = ("x", "context_labels", "query_label", "match")
+
+
+def stacked(batches: list) -> list[Tensor]:
+    """Batches (or Sequences) of several trials -> each field stacked along a leading trial axis."""
+    return [torch.stack([getattr(b, field) for b in batches]) for field in BATCH_FIELDS]
 
 
 class Pack:
@@ -138,11 +159,10 @@ class Pack:
 
     def sample(self) -> list[Tensor]:
         """Each member's next training batch from its own stream, stacked: x, context_labels, query_label, match."""
-        batches = [m.task.sample_train(self.train.batch_size, m.generator) for m in self.members]
-        return [torch.stack([getattr(b, f) for b in batches]) for f in ("x", "context_labels", "query_label", "match")]
+        return stacked([m.task.sample_train(self.train.batch_size, m.generator) for m in self.members])
 
     def train_step(self):
-        loss, rows = self.forward(self.params.views(prefix="model."), *self.sample())
+        loss, rows = self.forward(self.params.by_name(prefix="model."), *self.sample())
         for tensor in self.params.tensors.values():
             tensor.grad = None
         loss.sum().backward()  # trial k's loss depends on trial k's parameters only: each gets its own gradient
@@ -167,7 +187,7 @@ class Pack:
         for k, member in enumerate(self.members):
             self._guarded(member, lambda: member.store.save(
                 self.step, self.params.state_dict(k), self.adam.state_dict(k), member.generator.get_state(),
-                {"d_in": member.task.d_in, "d_vocab": self.template.d_vocab, "n_ctx": self.template.n_ctx}))
+                model_shape(self.template)))
 
     def finish(self):
         for member in self.members:
@@ -189,11 +209,9 @@ class Pack:
         stacked parameters `params` (functional_call names)."""
         losses, rows = [], []
         for part, clamps in self.groups:
-            def one(p, *tensors, clamps=clamps):
-                return functional_call(self.functional, p, (partial(self.trial_forward, clamps), *tensors))
-
-            loss, row = vmap(one)({n: v[part] for n, v in params.items()}, x[part], context_labels[part],
-                                  query_label[part], match[part])
+            forward = self.functional.per_trial(partial(self.trial_forward, clamps))
+            loss, row = forward({n: v[part] for n, v in params.items()}, x[part], context_labels[part],
+                                query_label[part], match[part])
             losses.append(loss)
             rows.append(row)
         return torch.cat(losses), torch.cat(rows)
@@ -207,12 +225,12 @@ class Pack:
     @torch.no_grad()
     def evaluate_all(self) -> list[dict[str, Tensor]]:
         """Every member's evaluation row, a group's trials vmapped together in chunks that bound memory."""
-        views = {name: tensor.detach() for name, tensor in self.params.views(prefix="model.").items()}
+        params = {name: tensor.detach() for name, tensor in self.params.by_name(prefix="model.").items()}
         rows: list[dict[str, Tensor]] = []
         for (part, _), evaluation in zip(self.groups, self.evaluations):
             for start in range(part.start, part.stop, evaluation.trials_per_chunk):
                 chunk = slice(start, min(start + evaluation.trials_per_chunk, part.stop))
-                result = evaluation.run({n: v[chunk] for n, v in views.items()}, self.members[chunk])
+                result = evaluation.run({n: v[chunk] for n, v in params.items()}, self.members[chunk])
                 rows += [{name: value[i] for name, value in result.items()} for i in range(chunk.stop - chunk.start)]
         return rows
 
@@ -222,18 +240,11 @@ class PackEvaluation(Evaluation):
 
     def __init__(self, clamps: ClampSet, functional: _Functional, config: TrialConfig):
         super().__init__(clamps, {}, config.eval.induction_set, None, config.eval.batch_size)
-        self.functional = functional
-        self.sequences_per_chunk = min(config.eval.size, config.eval.batch_size)
         # eval.batch_size bounds the sequences of one forward: a pack splits it between trials
-        self.trials_per_chunk = max(1, config.eval.batch_size // self.sequences_per_chunk)
+        self.trials_per_chunk = max(1, config.eval.batch_size // min(config.eval.size, config.eval.batch_size))
+        self.vmapped_chunk = functional.per_trial(self.chunk_sums)
         self.chunk = self.vmapped_chunk  # (params, x, ...) -> (metrics [trial, 5], induction [trial, layer, head])
         self.params: dict[str, Tensor] = {}
-
-    def vmapped_chunk(self, params, x, context_labels, query_label, match):
-        def one(p, *tensors):
-            return functional_call(self.functional, p, (self.chunk_sums, *tensors))
-
-        return vmap(one)(params, x, context_labels, query_label, match)
 
     def run(self, params: dict[str, Tensor], members: list[Member]) -> dict[str, Tensor]:
         self.params = params
@@ -250,9 +261,7 @@ class PackEvaluation(Evaluation):
         step = min(n, self.batch_size)
         metrics, induction = 0.0, 0.0
         for start in range(0, n, step):
-            parts = [d.slice(start, start + step) for d in data]
-            tensors = [torch.stack([getattr(p, f) for p in parts]) for f in ("x", "context_labels", "query_label",
-                                                                             "match")]
+            tensors = stacked([d.slice(start, start + step) for d in data])
             chunk_metrics, chunk_induction = self.chunk(self.params, *tensors)
             metrics, induction = metrics + chunk_metrics, induction + chunk_induction
         return metrics / n, induction / n
@@ -280,10 +289,10 @@ def run_pack(configs: list[TrialConfig], store_paths: list[str | Path],
     except Exception as error:
         return [error if i in pending else None for i in range(len(configs))]
     template = Transformer(first.model, features.shape[-1], first.data.n_labels, first.data.n_ctx, seed=0).to(device)
-    members = []
+    members, clamp_sets = [], {}
     for i in pending:
         try:
-            member = Member(i, configs[i], features, template, device)
+            member = Member(i, configs[i], features, template, device, clamp_sets)
             member.open(Path(store_paths[i]), device)
             members.append(member)
         except Exception as error:  # a bad trial fails alone, before any training
@@ -306,9 +315,9 @@ def auto_pack_size(config: TrialConfig, limit: int = 1024) -> int:
     features = torch.from_numpy(load_features(config.data)).to(device)
     template = Transformer(config.model, features.shape[-1], config.data.n_labels, config.data.n_ctx, seed=0)
     template = template.to(device)
-    best_k, best_rate, k = 1, 0.0, 1
+    best_k, best_rate, k, clamp_sets = 1, 0.0, 1, {}
     while k <= limit:
-        members = [Member(i, config, features, template, device) for i in range(k)]
+        members = [Member(i, config, features, template, device, clamp_sets) for i in range(k)]
         pack = Pack(members, template, device)
         rate = measure_steps(pack)
         if device.type == "cuda":

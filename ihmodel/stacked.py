@@ -23,7 +23,7 @@ class StackedParameters:
         self.tensors = {name: torch.stack([state[name] for state in states]).to(device).requires_grad_(True)
                         for name in self.names}
 
-    def views(self, prefix: str = "") -> dict[str, Tensor]:
+    def by_name(self, prefix: str = "") -> dict[str, Tensor]:
         """name -> [K, *shape] leaf, the names prefixed for functional_call."""
         return {prefix + name: tensor for name, tensor in self.tensors.items()}
 
@@ -68,8 +68,8 @@ class StackedAdam:
         self.steps += 1
         step_size = (self.lr / (1 - self.beta1 ** self.steps)).float()
         bias_correction2_sqrt = ((1 - self.beta2 ** self.steps) ** 0.5).float()
-        chosen = [i for i, p in enumerate(self.params.tensors.values()) if p.grad is not None]
         tensors = list(self.params.tensors.values())
+        chosen = [i for i, p in enumerate(tensors) if p.grad is not None]
         return self.update([tensors[i] for i in chosen], [tensors[i].grad for i in chosen],
                            [self.exp_avg[i] for i in chosen], [self.exp_avg_sq[i] for i in chosen],
                            self.beta1.float(), self.beta2.float(), step_size, bias_correction2_sqrt, self.eps)
