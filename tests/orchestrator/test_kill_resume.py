@@ -2,6 +2,7 @@
 the interrupted trial's statistics equal an uninterrupted run's."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -22,6 +23,20 @@ from orchestrator.sweep_config import load_sweep
 # Three trials of 200 steps, checkpoints every 20 steps: long enough to kill one between checkpoint and end.
 SWEEP = ["sweep=smoke", "seeds=[1,2,3]", "clamps=[none]", "axes.data.n_labels=[5]", *TINY,
          "base.train.sequences=6400", "base.train.checkpoint_every=640", "base.train.eval_every=640"]
+
+
+@contextlib.contextmanager
+def driver_running(args: list[str], out: Path):
+    """`icsweep run ARGS out=OUT` in the background with one local worker; yields (the driver, the trial ids once
+    its manifest is written); the driver is killed on the way out if it still runs."""
+    driver = subprocess.Popen([PYTHON, "-m", "orchestrator.cli", "run", *args, f"out={out}", "local.workers=1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: (out / "manifest.json").is_file(), 60, "the manifest")
+        yield driver, read_manifest(out).trial_ids()
+    finally:
+        if driver.poll() is None:
+            driver.kill()
 
 
 def kill_driver_while_running(driver: subprocess.Popen, out, trial_id: str) -> int:
@@ -57,17 +72,10 @@ def test_kill_driver_then_rerun(tmp_path):
     assert run_sweep(sweep, quiet=True) == 0
 
     out = tmp_path / "killed"
-    driver = subprocess.Popen([PYTHON, "-m", "orchestrator.cli", "run", *SWEEP, f"out={out}", "local.workers=1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: (out / "manifest.json").is_file(), 60, "the manifest")
-        first, second, third = read_manifest(out).trial_ids()
+    with driver_running(SWEEP, out) as (driver, (first, second, third)):
         wait_for(lambda: is_complete(store_path(out, first)) and checkpoint_path(store_path(out, second)).exists()
                  and not is_complete(store_path(out, second)), 120, "trial 1 complete and trial 2 checkpointed")
         worker = kill_driver_while_running(driver, out, second)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
     wait_for(lambda: not pid_alive(worker), 10, "the worker to die with its driver")
     assert not is_complete(store_path(out, second))
     finished = store_files(store_path(out, first))
@@ -97,22 +105,15 @@ def test_kill_driver_mid_pack_then_rerun(tmp_path):
     assert run_sweep(load_sweep("smoke", [*packed[1:], f"out={reference}", "local.workers=0"]), quiet=True) == 0
 
     out = tmp_path / "killed"
-    driver = subprocess.Popen([PYTHON, "-m", "orchestrator.cli", "run", *packed, f"out={out}", "local.workers=1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: (out / "manifest.json").is_file(), 60, "the manifest")
-        first, second, third = read_manifest(out).trial_ids()
 
-        def mid_run(tid):
-            return checkpoint_path(store_path(out, tid)).exists() and not is_complete(store_path(out, tid))
+    def mid_run(tid):
+        return checkpoint_path(store_path(out, tid)).exists() and not is_complete(store_path(out, tid))
 
+    with driver_running(packed, out) as (driver, (first, second, third)):
         wait_for(lambda: "running 2" in icsweep("status", str(out)).stdout, 120, "the first pack running")
         status = icsweep("status", str(out)).stdout
         wait_for(lambda: mid_run(first) or mid_run(second), 120, "the first pack past a checkpoint")
         worker = kill_driver_while_running(driver, out, second)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
     assert "running 2" in status and f"in pack-{first}" in status, status
     wait_for(lambda: not pid_alive(worker), 10, "the worker to die with its driver")
     interrupted = [tid for tid in (first, second) if mid_run(tid)]
