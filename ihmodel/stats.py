@@ -50,21 +50,29 @@ class _Keep:
         self.slots[self.index] = x
 
 
+# Each statistic reads its [layer, batch, ...] input as a batch-last view (how the model lays out its per-head
+# tensors), so a compiled step reduces over the batch vector-wide rather than over axes of 5 or 8.
+
+def _batch_last(x: Tensor) -> Tensor:
+    """[layer, batch, *rest] -> [layer, *rest, batch] (a view)."""
+    return x.movedim(1, -1)
+
+
 def prev_token_score(pattern: Tensor) -> Tensor:
     """pattern [layer, batch, head, query, key] -> [layer, head]: label tokens (1, 3, ...) to the item before."""
     labels = torch.arange(1, pattern.shape[-1] - 1, 2, device=pattern.device)
-    return pattern[..., labels, labels - 1].mean(dim=(1, 3))
+    return _batch_last(pattern)[:, :, labels, labels - 1].mean(dim=(2, 3))
 
 
 def induction_score(pattern: Tensor, match: Tensor) -> Tensor:
     """[layer, head]: attention from the query to the label tokens of its class minus to the other labels."""
-    sign = match.to(pattern.dtype) * 2 - 1  # [batch, item]: +1 correct label token, -1 other
-    return (pattern[..., -1, 1::2] * sign[None, :, None, :]).sum(-1).mean(dim=1)
+    sign = match.to(pattern.dtype).T * 2 - 1  # [item, batch]: +1 correct label token, -1 other
+    return (_batch_last(pattern)[:, :, -1, 1::2] * sign).sum(2).mean(dim=2)
 
 
 def pattern_entropy(pattern: Tensor) -> Tensor:
     """[layer, head]: entropy of each query row 1..n (row 0 can only see itself), averaged."""
-    return torch.special.entr(pattern[..., 1:, :]).sum(-1).mean(dim=(1, 3))
+    return torch.special.entr(_batch_last(pattern)[:, :, 1:]).sum(3).mean(dim=(2, 3))
 
 
 def head_out_norm(z: Tensor, W_O: Tensor) -> Tensor:
@@ -73,8 +81,9 @@ def head_out_norm(z: Tensor, W_O: Tensor) -> Tensor:
     instead of d_model wide products. Broadcast sums, not BLAS matmuls, whose rounding can depend on where the
     weights sit in memory: a resumed trial must record the same numbers as an uninterrupted one."""
     gram = (W_O[..., :, None, :] * W_O[..., None, :, :]).sum(-1)  # [layer, head, d_head, d_head]
-    gram_z = (gram[:, None, None] * z[..., None, :]).sum(-1)  # [layer, batch, pos, head, d_head]
-    return (z * gram_z).sum(-1).clamp_min(0).sqrt().mean(dim=(1, 2))
+    z = _batch_last(z).transpose(1, 2)  # [layer, head, pos, d_head, batch]
+    gram_z = (gram[:, :, None, :, :, None] * z[:, :, :, None]).sum(4)  # [layer, head, pos, d_head, batch]
+    return (z * gram_z).sum(3).clamp_min(0).sqrt().mean(dim=(2, 3))
 
 
 def stacked_W_O(model: Transformer) -> Tensor:

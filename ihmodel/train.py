@@ -19,6 +19,7 @@ from ihmodel.checkpoint import checkpoint_state, load_checkpoint, model_shape, w
 from ihmodel.clamp import ClampSet
 from ihmodel.config import TrainConfig, TrialConfig, trial_id
 from ihmodel.data import Batch, Task
+from ihmodel.flat_adam import FlatAdam
 from ihmodel.model import Transformer
 from ihmodel.stats import Evaluation, StepStats
 from ihmodel.store import StoreWriter, checkpoint_path, is_complete
@@ -117,8 +118,7 @@ class Trial:
                                  seed=config.seed).to(self.device)
         self.clamps = ClampSet(config.clamp, self.model)  # every clamp is checked here, before any training
         train = config.train
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=train.lr, betas=(train.beta1, train.beta2),
-                                          eps=train.adam_eps, **_fast_adam(self.device))
+        self.optimizer = FlatAdam(self.model, train)
         self.generator = torch.Generator(self.device).manual_seed(config.data_seed)
         induction_set = config.eval.induction_set
         self.evaluation = Evaluation(self.clamps, self.task.evaluators(config.eval, config.eval_seed), induction_set,
@@ -147,10 +147,10 @@ class Trial:
     def train_step(self):
         batch = self.task.sample_train(self.config.train.batch_size, self.generator)
         loss, row = self.forward(batch.x, batch.context_labels, batch.query_label, batch.match)
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
-        self.stats.record(row, grad_norm=self.grad_norm)
+        self.stats.record(row, grad_norm=self.optimizer.grad_norm)
         self.step += 1
 
     def forward_loss_stats(self, x, context_labels, query_label, match):
@@ -159,11 +159,6 @@ class Trial:
         logits = self.clamps.forward(batch, self.stats.observers)
         loss = F.cross_entropy(logits, query_label)
         return loss, self.stats.row(batch, logits, loss)
-
-    def grad_norm(self) -> torch.Tensor:
-        """Global L2 norm of the current gradients (parameters cut off by clamps have none or zeros)."""
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
 
     def evaluate(self):
         self.store.add_eval(self.step, self.evaluation() if records_eval(self.config) else None)
@@ -182,11 +177,6 @@ class Trial:
 
     def finish(self):
         self.store.complete()
-
-
-def _fast_adam(device: torch.device) -> dict:
-    # One fused kernel for all parameters where PyTorch has it; same update rule as the reference Adam.
-    return {"fused": True} if device.type in ("cpu", "cuda") else {"foreach": True}
 
 
 def run_trial(config: TrialConfig, store_path: str | Path | None = None, progress: bool | None = None) -> Path:
