@@ -50,40 +50,40 @@ class _Keep:
         self.slots[self.index] = x
 
 
-# Each statistic reads its [layer, batch, ...] input as a batch-last view (how the model lays out its per-head
-# tensors), so a compiled step reduces over the batch vector-wide rather than over axes of 5 or 8.
+# Each statistic takes its [layer, batch, ...] input as a tensor or as one tensor per layer (what the forward
+# pass gives: stacking would copy every layer into a new batch-first buffer) and reduces each layer batch-last,
+# as the model lays out its per-head tensors, so a compiled step reduces over the batch vector-wide rather than
+# over axes of 5 or 8.
 
-def _batch_last(x: Tensor) -> Tensor:
-    """[layer, batch, *rest] -> [layer, *rest, batch] (a view)."""
-    return x.movedim(1, -1)
-
-
-def prev_token_score(pattern: Tensor) -> Tensor:
+def prev_token_score(pattern: Tensor | list[Tensor]) -> Tensor:
     """pattern [layer, batch, head, query, key] -> [layer, head]: label tokens (1, 3, ...) to the item before."""
-    labels = torch.arange(1, pattern.shape[-1] - 1, 2, device=pattern.device)
-    return _batch_last(pattern)[:, :, labels, labels - 1].mean(dim=(2, 3))
+    labels = torch.arange(1, pattern[0].shape[-1] - 1, 2, device=pattern[0].device)
+    return torch.stack([p.movedim(0, -1)[:, labels, labels - 1].mean(dim=(1, 2)) for p in pattern])
 
 
-def induction_score(pattern: Tensor, match: Tensor) -> Tensor:
+def induction_score(pattern: Tensor | list[Tensor], match: Tensor) -> Tensor:
     """[layer, head]: attention from the query to the label tokens of its class minus to the other labels."""
-    sign = match.to(pattern.dtype).T * 2 - 1  # [item, batch]: +1 correct label token, -1 other
-    return (_batch_last(pattern)[:, :, -1, 1::2] * sign).sum(2).mean(dim=2)
+    sign = match.to(pattern[0].dtype).T * 2 - 1  # [item, batch]: +1 correct label token, -1 other
+    return torch.stack([(p.movedim(0, -1)[:, -1, 1::2] * sign).sum(1).mean(dim=1) for p in pattern])
 
 
-def pattern_entropy(pattern: Tensor) -> Tensor:
+def pattern_entropy(pattern: Tensor | list[Tensor]) -> Tensor:
     """[layer, head]: entropy of each query row 1..n (row 0 can only see itself), averaged."""
-    return torch.special.entr(_batch_last(pattern)[:, :, 1:]).sum(3).mean(dim=(2, 3))
+    return torch.stack([torch.special.entr(p.movedim(0, -1)[:, 1:]).sum(2).mean(dim=(1, 2)) for p in pattern])
 
 
-def head_out_norm(z: Tensor, W_O: Tensor) -> Tensor:
+def head_out_norm(z: Tensor | list[Tensor], W_O: Tensor) -> Tensor:
     """z [layer, batch, pos, head, d_head], W_O [layer, head, d_head, d_model] -> [layer, head]: mean L2 norm of each
     head's write z W_O into the residual stream, as sqrt(z . (G z)) with G = W_O W_O^T: d_head x d_head per head
     instead of d_model wide products. Broadcast sums, not BLAS matmuls, whose rounding can depend on where the
     weights sit in memory: a resumed trial must record the same numbers as an uninterrupted one."""
-    gram = (W_O[..., :, None, :] * W_O[..., None, :, :]).sum(-1)  # [layer, head, d_head, d_head]
-    z = _batch_last(z).transpose(1, 2)  # [layer, head, pos, d_head, batch]
-    gram_z = (gram[:, :, None, :, :, None] * z[:, :, :, None]).sum(4)  # [layer, head, pos, d_head, batch]
-    return (z * gram_z).sum(3).clamp_min(0).sqrt().mean(dim=(2, 3))
+    norms = []
+    for z_layer, W_layer in zip(z, W_O):
+        gram = (W_layer[:, :, None, :] * W_layer[:, None, :, :]).sum(-1)  # [head, d_head, d_head]
+        z_layer = z_layer.permute(2, 1, 3, 0)  # [head, pos, d_head, batch]
+        gram_z = (gram[:, None, :, :, None] * z_layer[:, :, None]).sum(3)  # [head, pos, d_head, batch]
+        norms.append((z_layer * gram_z).sum(2).clamp_min(0).sqrt().mean(dim=(1, 2)))
+    return torch.stack(norms)
 
 
 def stacked_W_O(model: Transformer) -> Tensor:
@@ -122,13 +122,12 @@ class StepStats:
             "acc": lambda: (logits.argmax(-1) == batch.query_label).float().mean(),
         }
         if self.head_names:
-            patterns, zs = self.collector.take()
-            pattern = torch.stack(patterns)  # [layer, batch, head, query, key]
+            patterns, zs = self.collector.take()  # per layer: [batch, head, query, key], [batch, pos, head, d_head]
             compute |= {
-                "prev_token_score": lambda: prev_token_score(pattern),
-                "induction_score": lambda: induction_score(pattern, batch.match),
-                "pattern_entropy": lambda: pattern_entropy(pattern),
-                "head_out_norm": lambda: head_out_norm(torch.stack(zs), stacked_W_O(self.model)),
+                "prev_token_score": lambda: prev_token_score(patterns),
+                "induction_score": lambda: induction_score(patterns, batch.match),
+                "pattern_entropy": lambda: pattern_entropy(patterns),
+                "head_out_norm": lambda: head_out_norm(zs, stacked_W_O(self.model)),
             }
         return torch.cat([compute[n]().reshape(-1) for n in self.names if n != "grad_norm"] + [loss.new_zeros(0)])
 
@@ -180,7 +179,7 @@ class Evaluation:
         """Sums over one chunk: the 5 classification metrics and the induction score [layer, head]."""
         batch = Batch(x, context_labels, query_label, match)
         logits = self.clamps.forward(batch, self.collector.hooks)
-        induction = induction_score(torch.stack(self.collector.take()[0]), match) * len(batch)
+        induction = induction_score(self.collector.take()[0], match) * len(batch)
         return classification_metrics(logits, batch).sum(dim=0), induction
 
     def sums(self, data: Batch) -> tuple[Tensor, Tensor]:
