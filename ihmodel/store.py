@@ -116,6 +116,8 @@ class StoreWriter:
     def __init__(self, path: str | Path):
         self.path = str(path)
         self.group = zarr.open_group(self.path, mode="r+")
+        # Array handles opened once: looking one up in the group re-reads its metadata (a third of a flush).
+        self.arrays = dict(self.group.arrays())
 
     @classmethod
     def create(cls, path: str | Path, config: TrialConfig) -> StoreWriter:
@@ -153,7 +155,7 @@ class StoreWriter:
         return cls(path)
 
     def length(self, dim: str) -> int:
-        return self.group[dim].shape[0]
+        return self.arrays[dim].shape[0]
 
     def append(self, dim: str, index: np.ndarray, extra_coord: np.ndarray, rows: dict[str, np.ndarray]):
         """Append rows along `dim` ("step" or "eval_step"): its index coord, its sequences coord, the variables."""
@@ -161,13 +163,13 @@ class StoreWriter:
         stop = start + len(index)
         coord_name = "sequences" if dim == "step" else "eval_sequences"
         for name, values in {dim: index, coord_name: extra_coord, **rows}.items():
-            array = self.group[name]
+            array = self.arrays[name]
             array.resize((stop,) + array.shape[1:])
             array[start:stop] = values
 
     def truncate(self, n_steps: int, n_evals: int):
         """Drop rows written after the checkpoint being resumed from, so a resumed run appends where it left."""
-        for name, array in self.group.arrays():
+        for array in self.arrays.values():
             dims = array.metadata.dimension_names or ()
             if dims and dims[0] in ("step", "eval_step"):
                 keep = n_steps if dims[0] == "step" else n_evals

@@ -64,7 +64,7 @@ class TrialStore:
         self.writer = StoreWriter(self.store_path)
         self.writer.truncate(state["step"], self.n_evals)
         if self.n_evals:
-            self.last_eval_step = int(self.writer.group["eval_step"][self.n_evals - 1])
+            self.last_eval_step = int(self.writer.arrays["eval_step"][self.n_evals - 1])
         return state
 
     def add_eval(self, step: int, row: dict | None):
@@ -83,7 +83,7 @@ class TrialStore:
             self.writer.append("step", steps, steps * batch_size, rows)
         if self.eval_rows:
             steps = np.array([s for s, _ in self.eval_rows])
-            names = [n for n in self.eval_rows[0][1] if n in self.writer.group]
+            names = [n for n in self.eval_rows[0][1] if n in self.writer.arrays]
             eval_rows = {n: torch.stack([r[n] for _, r in self.eval_rows]).cpu().numpy() for n in names}
             self.writer.append("eval_step", steps, steps * batch_size, eval_rows)
             self.eval_rows = []
