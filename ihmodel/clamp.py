@@ -197,12 +197,12 @@ class ClampSet:
             other.requires_grad_(False)
             self._checkpoint_models[path] = other
         other = self._checkpoint_models[path]
+        kept = _Kept()
 
         def value(x: Tensor, batch: Batch, captured: dict) -> Tensor:
-            recorded = {}
-            with torch.no_grad(), other.hooks([(hook, lambda t, hook: recorded.setdefault("v", t))]):
+            with torch.no_grad(), other.hooks([(hook, kept)]):
                 other(batch.x, batch.context_labels)
-            return recorded["v"]
+            return kept.take()
 
         return value
 
@@ -271,6 +271,21 @@ class _Recorder:
 
     def __call__(self, x: Tensor, hook) -> None:
         self.clamps.captured[self.name] = x
+
+
+class _Kept:
+    """A hook that keeps the last value it saw, made once: a closure made inside the forward pass is something
+    torch.compile cannot trace (ClosureConversionError when the hook is removed)."""
+
+    def __init__(self):
+        self.value: Tensor | None = None
+
+    def __call__(self, x: Tensor, hook) -> None:
+        self.value = x
+
+    def take(self) -> Tensor:
+        value, self.value = self.value, None  # under vmap it must not outlive the forward
+        return value
 
 
 def _overlap(a: tuple | None, b: tuple | None) -> bool:
