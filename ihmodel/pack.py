@@ -33,7 +33,7 @@ from ihmodel.model import Transformer
 from ihmodel.stacked import StackedAdam, StackedParameters
 from ihmodel.stats import Evaluation, StepStats
 from ihmodel.store import is_complete
-from ihmodel.train import TrialStore, records_eval, resolve_device, train_loop
+from ihmodel.train import TrialStore, compiled, records_eval, resolve_device, train_loop
 
 # Result-defining keys that may differ between the trials of one pack (they change no tensor shape).
 PER_TRIAL_KEYS = ("seed", "seed_data", "seed_eval", "clamp", "train.lr", "train.beta1", "train.beta2",
@@ -143,10 +143,10 @@ class Pack:
         self.evaluations = [PackEvaluation(clamps, self.functional, config) for _, clamps in self.groups]
         self.forward = self.forward_all
         if self.train.compiled:
-            self.forward = torch.compile(self.forward_all)
-            self.adam.update = torch.compile(self.adam.update)
+            self.forward = compiled(self.forward_all)
+            self.adam.update = compiled(self.adam.update)
             for evaluation in self.evaluations:
-                evaluation.chunk = torch.compile(evaluation.vmapped_chunk)
+                evaluation.chunk = compiled(evaluation.vmapped_chunk)
 
     # ---- the runner interface (train_loop) -------------------------------------------------------------------
     @property

@@ -127,8 +127,8 @@ class Trial:
         self.stats = StepStats(self.model, config.stats, train.flush_every, self.device)
         self.forward = self.forward_loss_stats
         if train.compiled:
-            self.forward = torch.compile(self.forward_loss_stats)
-            self.evaluation.chunk = torch.compile(self.evaluation.chunk_sums)
+            self.forward = compiled(self.forward_loss_stats)
+            self.evaluation.chunk = compiled(self.evaluation.chunk_sums)
         self.store = TrialStore(config, store_path)
         self.step = 0
 
@@ -177,6 +177,12 @@ class Trial:
 
     def finish(self):
         self.store.complete()
+
+
+def compiled(fn):
+    """torch.compile with inductor's C++ wrapper: the generated code that allocates buffers and calls the kernels
+    runs as C++ rather than Python (at these sizes, about 5 % of a training step on CPU)."""
+    return torch.compile(fn, options={"cpp_wrapper": True})
 
 
 def run_trial(config: TrialConfig, store_path: str | Path | None = None, progress: bool | None = None) -> Path:
