@@ -143,10 +143,10 @@ class Pack:
         self.evaluations = [PackEvaluation(clamps, self.functional, config) for _, clamps in self.groups]
         self.forward = self.forward_all
         if self.train.compiled:
-            self.forward = compiled(self.forward_all)
-            self.adam.update = compiled(self.adam.update)
+            self.forward = compiled(self.forward_all, device)
+            self.adam.update = compiled(self.adam.update, device)
             for evaluation in self.evaluations:
-                evaluation.chunk = compiled(evaluation.vmapped_chunk)
+                evaluation.chunk = compiled(evaluation.vmapped_chunk, device)
 
     # ---- the runner interface (train_loop) -------------------------------------------------------------------
     @property
