@@ -40,8 +40,9 @@ class FlatAdam:
 
     @torch.no_grad()
     def step(self):
-        """torch.optim.Adam(fused=True).step's update: the same kernel, called once. A parameter no gradient reaches
-        (cut off by a clamp) has a zero gradient and zero moments, so it stays exactly as it is."""
+        """torch.optim.Adam(fused=True).step's update: the same kernel, called once (equal to float rounding: an
+        element its vector loop handles here may fall in its scalar tail per parameter). A parameter no gradient
+        reaches (cut off by a clamp) has a zero gradient and zero moments, so it stays exactly as it is."""
         self.steps += 1
         train = self.train
         torch._fused_adam_([self.flat], [self.grad], [self.exp_avg], [self.exp_avg_sq], [], [self.steps],
