@@ -36,7 +36,7 @@ from torch import Tensor
 
 from ihmodel.config import ClampConfig, InterventionConfig
 from ihmodel.data import Batch
-from ihmodel.model import Transformer
+from ihmodel.model import Keep, Transformer
 
 KINDS = ("zero", "constant", "mean", "checkpoint", "graft", "zero_value", "prev_token_pattern",
          "induction_pattern", "perfect_copy", "perfect_prev_token_input", "pattern_preserving", "value_preserving")
@@ -197,7 +197,7 @@ class ClampSet:
             other.requires_grad_(False)
             self._checkpoint_models[path] = other
         other = self._checkpoint_models[path]
-        kept = _Kept()
+        kept = Keep()
 
         def value(x: Tensor, batch: Batch, captured: dict) -> Tensor:
             with torch.no_grad(), other.hooks([(hook, kept)]):
@@ -271,21 +271,6 @@ class _Recorder:
 
     def __call__(self, x: Tensor, hook) -> None:
         self.clamps.captured[self.name] = x
-
-
-class _Kept:
-    """A hook that keeps the last value it saw, made once: a closure made inside the forward pass is something
-    torch.compile cannot trace (ClosureConversionError when the hook is removed)."""
-
-    def __init__(self):
-        self.value: Tensor | None = None
-
-    def __call__(self, x: Tensor, hook) -> None:
-        self.value = x
-
-    def take(self) -> Tensor:
-        value, self.value = self.value, None  # under vmap it must not outlive the forward
-        return value
 
 
 def _overlap(a: tuple | None, b: tuple | None) -> bool:

@@ -38,6 +38,21 @@ class HookPoint(nn.Module):
         return x
 
 
+class Keep:
+    """A hook function that keeps the last value it sees until taken (observers: statistics, clamps that read
+    another model). An object made once: a closure made inside a compiled forward pass cannot be traced."""
+
+    def __init__(self):
+        self.value: Tensor | None = None
+
+    def __call__(self, x: Tensor, hook: HookPoint) -> None:
+        self.value = x
+
+    def take(self) -> Tensor | None:
+        value, self.value = self.value, None  # under vmap it must not outlive the forward
+        return value
+
+
 def lecun_normal_(weight: Tensor, generator: torch.Generator) -> Tensor:
     std = math.sqrt(1.0 / weight.shape[1]) / TRUNCATED_STD_CORRECTION
     return nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std, generator=generator)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ihmodel.data import Batch
-from ihmodel.model import Transformer
+from ihmodel.model import Keep, Transformer
 from ihmodel.store import STEP_VARIABLES
 
 HEAD_STATS = ("prev_token_score", "induction_score", "pattern_entropy", "head_out_norm")
@@ -24,30 +24,16 @@ class Collector:
     """Observer hooks that keep each layer's pattern and z from the main pass (references, no copies)."""
 
     def __init__(self, model: Transformer, need_z: bool):
-        self.patterns: list[Tensor | None] = [None] * model.cfg.n_layers
-        self.zs: list[Tensor | None] = [None] * model.cfg.n_layers
-        self.hooks = []
-        for layer in range(model.cfg.n_layers):
-            self.hooks.append((f"blocks.{layer}.attn.hook_pattern", _Keep(self.patterns, layer)))
-            if need_z:
-                self.hooks.append((f"blocks.{layer}.attn.hook_z", _Keep(self.zs, layer)))
-
+        layers = range(model.cfg.n_layers)
+        self.patterns, self.zs = [Keep() for _ in layers], [Keep() for _ in layers]
+        self.hooks = [(f"blocks.{layer}.attn.hook_pattern", self.patterns[layer]) for layer in layers]
+        if need_z:
+            self.hooks += [(f"blocks.{layer}.attn.hook_z", self.zs[layer]) for layer in layers]
 
     def take(self) -> tuple[list[Tensor | None], list[Tensor | None]]:
         """The patterns and zs of the last pass; the collector lets go of them (under vmap they must not leave
         the vmapped function)."""
-        patterns, zs = self.patterns[:], self.zs[:]
-        self.patterns[:] = [None] * len(patterns)
-        self.zs[:] = [None] * len(zs)
-        return patterns, zs
-
-
-class _Keep:
-    def __init__(self, slots: list, index: int):
-        self.slots, self.index = slots, index
-
-    def __call__(self, x: Tensor, hook) -> None:
-        self.slots[self.index] = x
+        return [keep.take() for keep in self.patterns], [keep.take() for keep in self.zs]
 
 
 # Each statistic takes its [layer, batch, ...] input as a tensor or as one tensor per layer (what the forward

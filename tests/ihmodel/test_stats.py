@@ -129,7 +129,8 @@ def test_step_stats_buffer_and_drain(model, task):
         batch = task.sample_train(8, generator)
         logits = clamp_set.forward(batch, stats.observers)
         loss = F.cross_entropy(logits, batch.query_label)
-        patterns.append((torch.stack(stats.collector.patterns).clone(), batch.match))  # row() lets go of them
+        kept = [keep.value for keep in stats.collector.patterns]  # read before row() lets go of them
+        patterns.append((torch.stack(kept).clone(), batch.match))
         stats.record(stats.row(batch, logits, loss), grad_norm=lambda: torch.tensor(1.5 + step))
         losses.append(loss.item())
     assert stats.full
