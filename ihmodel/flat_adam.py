@@ -27,12 +27,12 @@ class FlatAdam:
         self.exp_avg = torch.zeros_like(self.flat)
         self.exp_avg_sq = torch.zeros_like(self.flat)
         self.steps = torch.zeros((), dtype=torch.float32, device=self.flat.device)  # as torch's fused Adam keeps it
-        self.slices, offset = [], 0
+        self.moments, offset = [], 0  # per parameter: views of exp_avg and exp_avg_sq, as torch.optim.Adam has them
         for param in self.params:
             part = slice(offset, offset + param.numel())
             param.data = self.flat[part].view_as(param)
             param.grad = self.grad[part].view_as(param)
-            self.slices.append(part)
+            self.moments.append((self.exp_avg[part].view_as(param), self.exp_avg_sq[part].view_as(param)))
             offset = part.stop
 
     def zero_grad(self):
@@ -55,22 +55,35 @@ class FlatAdam:
 
     def state_dict(self) -> dict:
         """torch.optim.Adam's state_dict for the model's parameters, as it would be after the same steps."""
-        train = self.train
-        state = torch.optim.Adam(self.params, lr=train.lr, betas=(train.beta1, train.beta2), eps=train.adam_eps,
-                                 fused=True).state_dict()
-        if self.steps.item() > 0:
-            for i, (param, part) in enumerate(zip(self.params, self.slices)):
-                state["state"][i] = {"step": self.steps.clone(), "exp_avg": self.exp_avg[part].view_as(param).clone(),
-                                     "exp_avg_sq": self.exp_avg_sq[part].view_as(param).clone()}
-        return state
+        return adam_state_dict(self.params, self.train, fused=True, step=self.steps, moments=self.moments)
 
     @torch.no_grad()
     def load_state_dict(self, state: dict):
         """A torch.optim.Adam state_dict; a parameter without state (no gradient yet) starts from zeros."""
-        self.steps.zero_()
-        for i, part in enumerate(self.slices):
-            entry = state["state"].get(i)
-            for moment, target in (("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq)):
-                target[part] = 0.0 if entry is None else entry[moment].reshape(-1).to(target.device)
-            if entry is not None:
-                self.steps.fill_(float(entry["step"]))
+        load_adam_moments(state, self.moments)
+        self.steps.fill_(float(next((entry["step"] for entry in state["state"].values()), 0)))
+
+
+def adam_state_dict(params: list[Tensor], train: TrainConfig, fused: bool, step: Tensor,
+                    moments: list[tuple[Tensor, Tensor]]) -> dict:
+    """torch.optim.Adam's state_dict for `params` after `step` updates with these moments (exp_avg, exp_avg_sq per
+    parameter); before the first update, torch's has no per-parameter state."""
+    state = torch.optim.Adam(params, lr=train.lr, betas=(train.beta1, train.beta2), eps=train.adam_eps,
+                             **({"fused": True} if fused else {})).state_dict()
+    if step.item() > 0:
+        for i, (exp_avg, exp_avg_sq) in enumerate(moments):
+            state["state"][i] = {"step": step.clone(), "exp_avg": exp_avg.clone(), "exp_avg_sq": exp_avg_sq.clone()}
+    return state
+
+
+@torch.no_grad()
+def load_adam_moments(state: dict, moments: list[tuple[Tensor, Tensor]]):
+    """Copy a torch.optim.Adam state_dict's moments into `moments` (exp_avg, exp_avg_sq per parameter); a
+    parameter without state (no gradient yet) gets zeros."""
+    for i, targets in enumerate(moments):
+        entry = state["state"].get(i)
+        for name, target in zip(("exp_avg", "exp_avg_sq"), targets):
+            if entry is None:
+                target.zero_()
+            else:
+                target.copy_(entry[name])

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ihmodel.config import TrainConfig
+from ihmodel.flat_adam import adam_state_dict, load_adam_moments
 
 
 class StackedParameters:
@@ -90,22 +91,17 @@ class StackedAdam:
 
     def state_dict(self, k: int) -> dict:
         """Trial k's optimizer state in torch.optim.Adam's state_dict format (what a trial alone would save)."""
-        template = torch.optim.Adam(self.params.template.parameters(), lr=self.trains[k].lr,
-                                    betas=(self.trains[k].beta1, self.trains[k].beta2), eps=self.trains[k].adam_eps,
-                                    **({"fused": True} if self.fused else {}))
-        state = template.state_dict()
         step = torch.tensor(float(self.steps), dtype=torch.float32,
                             device=self.exp_avg[0].device if self.fused else "cpu")
-        for i, (exp_avg, exp_avg_sq) in enumerate(zip(self.exp_avg, self.exp_avg_sq)):
-            state["state"][i] = {"step": step.clone(), "exp_avg": exp_avg[k].clone(),
-                                 "exp_avg_sq": exp_avg_sq[k].clone()}
-        return state
+        return adam_state_dict(list(self.params.template.parameters()), self.trains[k], self.fused, step,
+                               self.moments(k))
 
     @torch.no_grad()
     def load_state_dict(self, k: int, state: dict, steps: int):
         """Trial k's torch.optim.Adam state; a parameter without state (no gradient yet) starts from zeros."""
         self.steps = steps
-        for i, (exp_avg, exp_avg_sq) in enumerate(zip(self.exp_avg, self.exp_avg_sq)):
-            entry = state["state"].get(i)
-            for moment, target in (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
-                target[k] = 0.0 if entry is None else entry[moment].to(target.device)
+        load_adam_moments(state, self.moments(k))
+
+    def moments(self, k: int) -> list[tuple[Tensor, Tensor]]:
+        """Trial k's exp_avg and exp_avg_sq per parameter (views)."""
+        return [(exp_avg[k], exp_avg_sq[k]) for exp_avg, exp_avg_sq in zip(self.exp_avg, self.exp_avg_sq)]
