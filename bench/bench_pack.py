@@ -15,6 +15,7 @@ trials in a pack at >= 50x the aggregate rate of one unpacked trial.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import resource
 import tempfile
 import time
@@ -66,7 +67,7 @@ def sequences_per_s(times: dict, config, trials: int) -> float:
 
 def flops_per_step(pack: Pack) -> float:
     """FLOPs of one training forward and backward (counted eagerly: compiled code hides its ops from counters)."""
-    batch = pack.sample()
+    batch = pack.stream(pack.step)
     counter = FlopCounterMode(display=False)
     with counter:
         loss, _ = pack.forward_all(pack.params.by_name(prefix="model."), *batch)
@@ -101,7 +102,7 @@ def main():
     peak = matmul_gflops(device)
     print(f"float32 matmul 2048^3: {peak:.1f} GFLOP/s")
     with tempfile.TemporaryDirectory() as tmp:
-        trial = Trial(compose_trial(overrides + ["seed=1"]), Path(tmp) / "alone.zarr")
+        trial = Trial(dataclasses.replace(config, seed=1), Path(tmp) / "alone.zarr")
         trial.start_or_resume()
         alone = sequences_per_s(steady_state(trial, device, args.steps), config, 1)
         del trial
@@ -116,8 +117,7 @@ def main():
             torch._dynamo.reset()  # compile for this K alone, as a pack's own process does (static shapes)
             members, clamp_sets = [], {}
             for i in range(k):
-                member = Member(i, compose_trial(overrides + [f"seed={i + 1}"]), features, template, device,
-                                clamp_sets)
+                member = Member(i, dataclasses.replace(config, seed=i + 1), features, template, device, clamp_sets)
                 member.open(Path(tmp) / f"K{k}" / f"t{i}.zarr", device)
                 members.append(member)
             pack = Pack(members, template, device)

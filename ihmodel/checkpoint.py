@@ -1,6 +1,6 @@
 """Checkpoints: everything a trial needs to continue exactly where it stopped.
 
-Model, optimizer, the data generator's state, the step reached and how many rows the store held then. Written to
+Model, optimizer, the step reached (the data stream is a function of the step) and how many rows the store held then. Written to
 a temporary file and renamed, so a kill during the write leaves the previous checkpoint intact.
 """
 from __future__ import annotations
@@ -14,21 +14,20 @@ from ihmodel.config import TrialConfig, from_yaml, to_yaml, trial_id
 from ihmodel.model import Transformer
 
 
-def save_checkpoint(path: Path, config: TrialConfig, model: Transformer, optimizer: torch.optim.Optimizer,
-                    generator: torch.Generator, step: int, n_evals: int):
-    write_checkpoint(path, checkpoint_state(config, model.state_dict(), optimizer.state_dict(), generator.get_state(),
-                                            step, n_evals, model_shape(model)))
+def save_checkpoint(path: Path, config: TrialConfig, model: Transformer, optimizer: torch.optim.Optimizer, step: int,
+                    n_evals: int):
+    write_checkpoint(path, checkpoint_state(config, model.state_dict(), optimizer.state_dict(), step, n_evals,
+                                            model_shape(model)))
 
 
-def checkpoint_state(config: TrialConfig, model_state: dict, optimizer_state: dict, generator_state: torch.Tensor,
-                     step: int, n_evals: int, shape: dict) -> dict:
+def checkpoint_state(config: TrialConfig, model_state: dict, optimizer_state: dict, step: int, n_evals: int,
+                     shape: dict) -> dict:
     """One trial's checkpoint: the same whether it trained alone or in a pack (either can resume it)."""
     return {
         "config_yaml": to_yaml(config),
         "trial_id": trial_id(config),
         "model": model_state,
         "optimizer": optimizer_state,  # torch.optim.Adam's state_dict format
-        "generator": generator_state,
         "step": step,  # optimizer updates done; the store holds exactly this many step rows
         "n_evals": n_evals,  # eval rows in the store
         "model_shape": shape,

@@ -5,7 +5,9 @@ class, order shuffled. Labels are re-drawn per sequence from a label pair (one o
 the query's class gets the pair's first label, the distractor the second. A label says nothing about a class, so
 only the context solves it, and guessing between the two context labels costs ln 2 (the plateau).
 
-Everything is sampled with explicit generators on the training device: no host sync, resumable from their states.
+Every draw is a pure function of a seed and a counter (ihmodel.counter_rng), on the training device: no host sync,
+no generator state (a trial resumes from its step), and K trials' batches drawn at once (`Distribution.stack`)
+hold exactly what each trial draws alone.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ihmodel import counter_rng
 from ihmodel.config import DataConfig, EvalConfig
 from ihmodel.features import load_features
 
@@ -60,11 +63,98 @@ class Sequences:
         return Sequences(self.table, self.items[start:stop], None if self.noise is None else self.noise[start:stop],
                          self.context_labels[start:stop], self.query_label[start:stop], self.match[start:stop])
 
+    def trial(self, k: int) -> Sequences:
+        """Trial k's sequences of a draw for several trials (leading trial axis)."""
+        return Sequences(self.table, self.items[k], None if self.noise is None else self.noise[k],
+                         self.context_labels[k], self.query_label[k], self.match[k])
 
-def gumbel_argmax(log_weights: Tensor, generator: torch.Generator) -> Tensor:
-    """One sample per row from softmax(log_weights): [n, classes] -> [n, 1]."""
-    uniform = torch.rand(log_weights.shape, generator=generator, device=log_weights.device)
-    return (log_weights - (-uniform.log()).log()).argmax(dim=1, keepdim=True)
+
+UNIT = 1 << counter_rng.UNIT_BITS  # class weights are integers summing to UNIT: draws compare exactly
+
+
+@dataclass
+class Distribution:
+    """What sequences are drawn from, for K trials at once (leading axis K; one trial is K=1). Classes and label
+    pairs are padded to the widest trial: a padded class has zero weight, a padded pair is never indexed."""
+
+    classes: Tensor  # [K, C] class ids (first axis of the feature table)
+    thresholds: Tensor  # [K, C] int64 cumulative class weights: class c takes draws in [thresholds[c-1], thresholds[c])
+    exemplar_start: Tensor  # [K] exemplars are exemplar_start + [0, exemplar_count)
+    exemplar_count: Tensor  # [K]
+    pairs: Tensor  # [K, P, 2] label pairs
+    pair_count: Tensor  # [K]
+    noise: Tensor  # [K] within-class noise std
+    noisy: bool  # any noise > 0 (known without reading the device)
+
+    @staticmethod
+    def stack(distributions: list[Distribution]) -> Distribution:
+        def padded(field: str, value) -> Tensor:
+            tensors = [getattr(d, field)[0] for d in distributions]
+            width = max(len(t) for t in tensors)
+            return torch.stack([torch.cat([t, t[:1].expand(width - len(t), *t.shape[1:]).clone().fill_(value)])
+                                for t in tensors])
+
+        def joined(field: str) -> Tensor:
+            return torch.cat([getattr(d, field) for d in distributions])
+
+        return Distribution(padded("classes", 0), padded("thresholds", UNIT), joined("exemplar_start"),
+                            joined("exemplar_count"), padded("pairs", 0), joined("pair_count"), joined("noise"),
+                            any(d.noisy for d in distributions))
+
+
+def draw(distribution: Distribution, keys: Tensor, n: int, burstiness: int, features: Tensor) -> Sequences:
+    """n sequences for each of K trials (keys [K], one per trial) as Sequences with a leading trial axis.
+
+    Per sequence: the query's class by weight; the distractor by weight among the other classes; which `burstiness`
+    of the 2*burstiness context items have the query's class; a label pair and its order; an exemplar per item.
+    All are integers from one draw of random words, so a trial gets the same sequences alone or stacked."""
+    d, b = distribution, burstiness
+    k, items = len(keys), 2 * b + 1
+    words = counter_rng.bits(keys, 0, n, 4 + 2 * b + items)  # [K, n, lane]
+    query = torch.searchsorted(d.thresholds, counter_rng.units(words[..., 0]), right=True)  # [K, n]
+    # the distractor: a draw over the other classes' weights, stepped over the query's interval [start, end)
+    previous = torch.cat([torch.zeros_like(d.thresholds[:, :1]), d.thresholds[:, :-1]], dim=1)
+    end, start = d.thresholds.gather(1, query), previous.gather(1, query)
+    rest = counter_rng.below(words[..., 1], UNIT - (end - start))
+    distractor = torch.searchsorted(d.thresholds, rest + (rest >= start) * (end - start), right=True)
+    pair = d.pairs.gather(1, counter_rng.below(words[..., 2], d.pair_count[:, None])[..., None].expand(-1, -1, 2))
+    flip = counter_rng.below(words[..., 3:4], 2)  # [K, n, 1]
+    first, second = pair.gather(2, flip), pair.gather(2, 1 - flip)  # [K, n, 1] each
+    # `b` query-class items and `b` distractor items in random order: the ranks of random keys below b
+    match = counter_rng.units(words[..., 4:4 + 2 * b]).argsort(dim=-1, stable=True) < b
+    item_class = torch.cat([torch.where(match, query[..., None], distractor[..., None]), query[..., None]], dim=2)
+    item_class = d.classes.gather(1, item_class.view(k, -1)).view(k, n, items)
+    item_exemplar = d.exemplar_start[:, None, None] + counter_rng.below(words[..., 4 + 2 * b:],
+                                                                        d.exemplar_count[:, None, None])
+    n_exemplars, d_in = features.shape[1:]
+    noise = None
+    if d.noisy:
+        noise = counter_rng.normal(counter_rng.bits(keys, 1, n, items * d_in)).view(k, n, items, d_in)
+        noise = d.noise[:, None, None, None] * noise
+    return Sequences(features.view(-1, d_in), item_class * n_exemplars + item_exemplar, noise,
+                     context_labels=torch.where(match, first, second), query_label=first[..., 0], match=match)
+
+
+class TrainingStream:
+    """The training batches of K trials (a trial alone is K=1): batch number `step` of each trial's stream, drawn at
+    once as [K, batch, ...] tensors x, context_labels, query_label, match. `draw` is one function of device tensors
+    (the seeds and a step counter), so a caller may compile it once for every step."""
+
+    def __init__(self, distribution: Distribution, seeds: list[int], batch_size: int, burstiness: int,
+                 features: Tensor):
+        self.distribution, self.batch_size, self.burstiness, self.features = (distribution, batch_size, burstiness,
+                                                                              features)
+        self.seeds = torch.tensor(seeds, dtype=torch.int64, device=features.device)
+        self.counter = torch.zeros((), dtype=torch.int64, device=features.device)
+
+    def __call__(self, step: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        self.counter.fill_(step)  # on the device: no host sync, and a compiled draw sees the same argument
+        return self.draw(self.seeds, self.counter)
+
+    def draw(self, seeds: Tensor, counter: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        seqs = draw(self.distribution, counter_rng.stream_keys(seeds, counter), self.batch_size, self.burstiness,
+                    self.features)
+        return seqs.x, seqs.context_labels, seqs.query_label, seqs.match
 
 
 def label_pairs(n_labels: int, val_fraction: float, seed_split: int) -> tuple[np.ndarray, np.ndarray]:
@@ -105,57 +195,48 @@ class Task:
         self.train_pairs = torch.from_numpy(train_pairs).to(device)
         self.val_pairs = torch.from_numpy(val_pairs).to(device)
         ranks = torch.arange(1, config.n_train_classes + 1, dtype=torch.float64, device=device)
-        self.train_class_probs = (ranks ** -config.zipf_exponent).float()  # unnormalized; uniform at exponent 0
+        weights = ranks ** -config.zipf_exponent  # unnormalized; uniform at exponent 0
+        self.train_distribution = self.distribution(self.train_classes, weights, self.train_exemplars, self.train_pairs)
 
     @property
     def n_ctx(self) -> int:
         return self.config.n_ctx
 
-    def sample_train(self, n: int, generator: torch.Generator) -> Batch:
-        seqs = self.sample(n, generator, self.train_classes, self.train_class_probs, self.train_exemplars,
-                           self.train_pairs)
+    def distribution(self, classes: Tensor, class_weights: Tensor, exemplars: Tensor, pairs: Tensor) -> Distribution:
+        """One trial's sequence distribution (K=1): classes drawn by weight, exemplars from a contiguous range."""
+        cumulative = torch.cumsum(class_weights.double(), 0)
+        thresholds = torch.round(cumulative / cumulative[-1] * UNIT).long()
+        thresholds[-1] = UNIT  # exactly: every draw in [0, UNIT) lands on a class
+        return Distribution(classes[None], thresholds[None], exemplars[:1], torch.tensor([len(exemplars)], device=self.device),
+                            pairs[None], torch.tensor([len(pairs)], device=self.device),
+                            torch.tensor([self.config.noise], device=self.device), self.config.noise > 0)
+
+    def sample_train(self, n: int, seed: int, step: int = 0) -> Batch:
+        """Training batch number `step` of the stream seeded by `seed` (the trial's data seed), n sequences."""
+        seqs = self.draw(self.train_distribution, seed, step, n)
         return Batch(seqs.x, seqs.context_labels, seqs.query_label, seqs.match)
 
-    def sample(self, n: int, generator: torch.Generator, classes: Tensor, class_probs: Tensor, exemplars: Tensor,
-               pairs: Tensor) -> Sequences:
-        b, device = self.config.burstiness, self.device
-        # Gumbel-max sampling: exact, batched, and without the checks that make torch.multinomial slow (and sync
-        # with the host on CUDA).
-        log_probs = class_probs.log().expand(n, -1)
-        query = gumbel_argmax(log_probs, generator)  # [n, 1] index into classes
-        distractor = gumbel_argmax(log_probs.scatter(1, query, float("-inf")), generator)  # any other class
-        # Shuffle `b` query-class items and `b` distractor items: rank of a random key < b means query class.
-        match = torch.rand(n, 2 * b, generator=generator, device=device).argsort(dim=1) < b
-        pair = pairs[torch.randint(len(pairs), (n,), generator=generator, device=device)]  # [n, 2]
-        flip = torch.randint(2, (n, 1), generator=generator, device=device)
-        first, second = pair.gather(1, flip), pair.gather(1, 1 - flip)  # [n, 1] each
-        item_class = torch.cat([torch.where(match, query, distractor), query], dim=1)  # [n, 2b+1]
-        item_exemplar = exemplars[torch.randint(len(exemplars), item_class.shape, generator=generator, device=device)]
-        noise = None
-        if self.config.noise > 0:
-            shape = (*item_class.shape, self.d_in)
-            noise = self.config.noise * torch.randn(shape, generator=generator, device=device)
-        return self.sequences(classes[item_class], item_exemplar, noise,
-                              context_labels=torch.where(match, first, second), query_label=first[:, 0], match=match)
+    def training_stream(self, seed: int, batch_size: int) -> TrainingStream:
+        return TrainingStream(self.train_distribution, [seed], batch_size, self.config.burstiness, self.features)
 
-    def sequences(self, item_class: Tensor, item_exemplar: Tensor, noise: Tensor | None, **labels) -> Sequences:
-        """[n, item] class and exemplar ids -> Sequences over the flattened feature table."""
-        rows = item_class * self.features.shape[1] + item_exemplar
-        return Sequences(self.features.view(-1, self.d_in), rows, noise, **labels)
+    def draw(self, distribution: Distribution, seed: int, counter: int, n: int) -> Sequences:
+        """Draw `counter` of the stream `seed`: n sequences of one trial."""
+        keys = counter_rng.stream_keys(torch.tensor([seed], device=self.device), counter)
+        return draw(distribution, keys, n, self.config.burstiness, self.features).trial(0)
 
     def evaluators(self, config: EvalConfig, seed: int) -> dict[str, Sequences]:
         """The fixed evaluation sets, made once from the eval seed (uniform class distribution)."""
-        generator = torch.Generator(self.device).manual_seed(seed)
         train_uniform = torch.ones(len(self.train_classes), device=self.device)
         test_uniform = torch.ones(len(self.test_classes), device=self.device)
         exemplar0 = self.train_exemplars[:1]
-        specs = {  # the keys are ihmodel.config.EVALUATORS
+        specs = {  # the keys are ihmodel.config.EVALUATORS; each set is one draw of the eval seed's stream
             "fsl_train": (self.train_classes, train_uniform, exemplar0, self.train_pairs),
             "fsl_val_rl": (self.train_classes, train_uniform, exemplar0, self.val_pairs),
             "fsl_train_valex": (self.train_classes, train_uniform, self.heldout_exemplars, self.train_pairs),
             "fsl_test_class": (self.test_classes, test_uniform, exemplar0, self.train_pairs),
         }
-        return {name: self.sample(config.size, generator, *spec) for name, spec in specs.items()}
+        return {name: self.draw(self.distribution(*spec), seed, counter, config.size)
+                for counter, (name, spec) in enumerate(specs.items())}
 
     def all_train_sequences(self) -> Sequences:
         """Every training sequence (burstiness 1): ordered pairs of distinct train classes x ordered train label
@@ -177,5 +258,6 @@ class Task:
         match = match_first[m]
         item_class = torch.cat([torch.where(match, query[q, None], distractor[q, None]), query[q, None]], dim=1)
         first, second = ordered_pairs[p, :1], ordered_pairs[p, 1:]
-        return self.sequences(self.train_classes[item_class], self.train_exemplars[0].expand_as(item_class), None,
-                              context_labels=torch.where(match, first, second), query_label=first[:, 0], match=match)
+        rows = self.train_classes[item_class] * self.features.shape[1] + self.train_exemplars[0]
+        return Sequences(self.features.view(-1, self.d_in), rows, None, context_labels=torch.where(match, first, second),
+                         query_label=first[:, 0], match=match)

@@ -27,7 +27,7 @@ from torch.func import functional_call, vmap
 from ihmodel.checkpoint import model_shape
 from ihmodel.clamp import ClampSet
 from ihmodel.config import TrialConfig, result_defining, to_dict
-from ihmodel.data import Batch, Sequences, Task
+from ihmodel.data import Batch, Distribution, Sequences, Task, TrainingStream
 from ihmodel.features import load_features
 from ihmodel.model import Transformer
 from ihmodel.stacked import StackedAdam, StackedParameters
@@ -65,7 +65,6 @@ class Member:
         if self.clamp_key not in clamp_sets:  # checked here, before any training
             clamp_sets[self.clamp_key] = ClampSet(config.clamp, template)
         self.clamps = clamp_sets[self.clamp_key]
-        self.generator = torch.Generator(device).manual_seed(config.data_seed)
         self.evaluators = self.task.evaluators(config.eval, config.eval_seed)
         if config.eval.induction_set == "all_train":
             self.evaluators = self.evaluators | {"all_train": self.task.all_train_sequences()}
@@ -136,14 +135,17 @@ class Pack:
             if member.state is not None:
                 self.params.load(k, member.state["model"])
                 self.adam.load_state_dict(k, member.state["optimizer"], member.step)
-                member.generator.set_state(member.state["generator"])
                 member.state = None  # a thousand trials' checkpoints are not kept twice
         self.step = self.members[0].step
+        self.stream = TrainingStream(Distribution.stack([m.task.train_distribution for m in self.members]),
+                                     [m.config.data_seed for m in self.members], self.train.batch_size,
+                                     config.data.burstiness, self.members[0].task.features)
         self.stats = StepStats(template, config.stats, self.train.flush_every, device, trials=(len(self.members),))
         self.evaluations = [PackEvaluation(clamps, self.functional, config) for _, clamps in self.groups]
         self.forward = self.forward_all
         if self.train.compiled:
             self.forward = compiled(self.forward_all, device)
+            self.stream.draw = compiled(self.stream.draw, device)
             self.adam.update = compiled(self.adam.update, device)
             for evaluation in self.evaluations:
                 evaluation.chunk = compiled(evaluation.vmapped_chunk, device)
@@ -157,12 +159,9 @@ class Pack:
     def last_eval_step(self) -> int | None:
         return self.members[0].store.last_eval_step
 
-    def sample(self) -> list[Tensor]:
-        """Each member's next training batch from its own stream, stacked: x, context_labels, query_label, match."""
-        return stacked([m.task.sample_train(self.train.batch_size, m.generator) for m in self.members])
-
     def train_step(self):
-        loss, rows = self.forward(self.params.by_name(prefix="model."), *self.sample())
+        # every member's batch of this step from its own stream, drawn at once: [K, batch, ...]
+        loss, rows = self.forward(self.params.by_name(prefix="model."), *self.stream(self.step))
         for tensor in self.params.tensors.values():
             tensor.grad = None
         loss.sum().backward()  # trial k's loss depends on trial k's parameters only: each gets its own gradient
@@ -186,8 +185,7 @@ class Pack:
         self.flush()
         for k, member in enumerate(self.members):
             self._guarded(member, lambda: member.store.save(
-                self.step, self.params.state_dict(k), self.adam.state_dict(k), member.generator.get_state(),
-                model_shape(self.template)))
+                self.step, self.params.state_dict(k), self.adam.state_dict(k), model_shape(self.template)))
 
     def finish(self):
         for member in self.members:

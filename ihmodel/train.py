@@ -92,10 +92,9 @@ class TrialStore:
             raise FloatingPointError(f"trial {trial_id(self.config)}: the training loss is not finite from step {bad}; "
                                      f"it diverged: lower train.lr (now {self.config.train.lr:g})")
 
-    def save(self, step: int, model_state: dict, optimizer_state: dict, generator_state: torch.Tensor, shape: dict):
+    def save(self, step: int, model_state: dict, optimizer_state: dict, shape: dict):
         write_checkpoint(checkpoint_path(self.store_path),
-                         checkpoint_state(self.config, model_state, optimizer_state, generator_state, step,
-                                          self.n_evals, shape))
+                         checkpoint_state(self.config, model_state, optimizer_state, step, self.n_evals, shape))
 
     def complete(self):
         self.writer.mark_complete()
@@ -119,14 +118,15 @@ class Trial:
         self.clamps = ClampSet(config.clamp, self.model)  # every clamp is checked here, before any training
         train = config.train
         self.optimizer = FlatAdam(self.model, train)
-        self.generator = torch.Generator(self.device).manual_seed(config.data_seed)
         induction_set = config.eval.induction_set
         self.evaluation = Evaluation(self.clamps, self.task.evaluators(config.eval, config.eval_seed), induction_set,
                                      self.task.all_train_sequences() if induction_set == "all_train" else None,
                                      config.eval.batch_size)
         self.stats = StepStats(self.model, config.stats, train.flush_every, self.device)
+        self.stream = self.task.training_stream(config.data_seed, train.batch_size)
         self.forward = self.forward_loss_stats
         if train.compiled:
+            self.stream.draw = compiled(self.stream.draw, self.device)
             self.forward = compiled(self.forward_loss_stats, self.device)
             self.evaluation.chunk = compiled(self.evaluation.chunk_sums, self.device)
         self.store = TrialStore(config, store_path)
@@ -141,12 +141,10 @@ class Trial:
         if state is not None:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
-            self.generator.set_state(state["generator"])
             self.step = state["step"]
 
     def train_step(self):
-        batch = self.task.sample_train(self.config.train.batch_size, self.generator)
-        loss, row = self.forward(batch.x, batch.context_labels, batch.query_label, batch.match)
+        loss, row = self.forward(*(field[0] for field in self.stream(self.step)))
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
@@ -172,8 +170,7 @@ class Trial:
 
     def checkpoint(self):
         self.flush()
-        self.store.save(self.step, self.model.state_dict(), self.optimizer.state_dict(), self.generator.get_state(),
-                        model_shape(self.model))
+        self.store.save(self.step, self.model.state_dict(), self.optimizer.state_dict(), model_shape(self.model))
 
     def finish(self):
         self.store.complete()

@@ -47,7 +47,7 @@ def model(model_config, task) -> Transformer:
 
 @pytest.fixture
 def batch(task):
-    return task.sample_train(6, torch.Generator().manual_seed(0))
+    return task.sample_train(6, seed=0)
 
 
 @pytest.fixture

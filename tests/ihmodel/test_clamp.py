@@ -67,7 +67,7 @@ def test_induction_pattern_spreads_strength_over_the_matching_label_tokens_at_bu
     task = Task(DataConfig(n_train_classes=10, n_test_classes=20, synthetic_classes=60, synthetic_dim=16,
                            burstiness=2, context_len=4), torch.device("cpu"))
     model = Transformer(model_config, task.d_in, 5, task.n_ctx, seed=0)
-    batch = task.sample_train(6, torch.Generator().manual_seed(0))
+    batch = task.sample_train(6, seed=0)
     name = "blocks.1.attn.hook_pattern"
 
     seen, _ = main_pass(clamps(model, IV(kind="induction_pattern", layer=1, heads=[0], strength=0.8)), batch, [name])
@@ -206,7 +206,7 @@ def other_checkpoint(tmp_path, model_config, data_config, task):
     other = Transformer(model_config, task.d_in, 5, POS, seed=1)
     path = tmp_path / "other.ckpt.pt"
     save_checkpoint(path, TrialConfig(seed=1, model=model_config, data=data_config), other,
-                    torch.optim.Adam(other.parameters()), torch.Generator(), step=0, n_evals=0)
+                    torch.optim.Adam(other.parameters()), step=0, n_evals=0)
     return path, other
 
 
@@ -238,7 +238,7 @@ def test_graft_refuses_a_model_of_another_shape(tmp_path, model, data_config, ta
     config = TrialConfig(model=replace(model.cfg, n_heads=2, d_head=8), data=data_config)
     other = Transformer(config.model, task.d_in, 5, POS, seed=0)
     path = tmp_path / "other.ckpt.pt"
-    save_checkpoint(path, config, other, torch.optim.Adam(other.parameters()), torch.Generator(), 0, 0)
+    save_checkpoint(path, config, other, torch.optim.Adam(other.parameters()), 0, 0)
 
     with pytest.raises(ValueError, match=r"clamp.interventions\[0\] \(graft\): checkpoint .*other.ckpt.pt holds a "
                                          r"model of another shape"):
@@ -319,9 +319,8 @@ def adam_steps(clamp_set: ClampSet, task, steps: int = 5) -> dict[str, tuple[tor
     model = clamp_set.model
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2, fused=True)
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        batch = task.sample_train(32, generator)
+    for step in range(steps):
+        batch = task.sample_train(32, seed=0, step=step)
         optimizer.zero_grad(set_to_none=True)
         F.cross_entropy(clamp_set.forward(batch), batch.query_label).backward()
         optimizer.step()

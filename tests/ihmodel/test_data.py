@@ -66,7 +66,7 @@ def test_task_refuses_labels_without_a_validation_pair():
 # ---- labels of a sequence ------------------------------------------------------------------------------------
 
 def test_exactly_one_context_item_carries_the_query_label(task):
-    batch = task.sample_train(2000, torch.Generator().manual_seed(1))
+    batch = task.sample_train(2000, seed=1)
 
     carries_query_label = batch.context_labels == batch.query_label[:, None]
 
@@ -76,7 +76,7 @@ def test_exactly_one_context_item_carries_the_query_label(task):
 
 
 def test_query_label_is_the_first_label_of_a_train_pair_and_the_distractor_gets_the_second(task):
-    batch = task.sample_train(2000, torch.Generator().manual_seed(2))
+    batch = task.sample_train(2000, seed=2)
     train_pairs = pair_set(task.train_pairs)
     distractor_label = batch.context_labels[~batch.match]
 
@@ -89,7 +89,7 @@ def test_query_label_is_the_first_label_of_a_train_pair_and_the_distractor_gets_
 
 
 def test_match_position_is_shuffled(task):
-    batch = task.sample_train(2000, torch.Generator().manual_seed(3))
+    batch = task.sample_train(2000, seed=3)
 
     match_first = batch.match[:, 0].float().mean().item()
 
@@ -113,7 +113,7 @@ def test_burstiness_2_has_two_query_class_items_with_the_query_label():
                         burstiness=2, context_len=4)
     task = Task(config, CPU)
 
-    batch = task.sample_train(500, torch.Generator().manual_seed(0))
+    batch = task.sample_train(500, seed=0)
 
     assert task.n_ctx == 9 and batch.x.shape == (500, 5, 16) and batch.context_labels.shape == (500, 4)
     assert (batch.match.sum(1) == 2).all()
@@ -125,7 +125,7 @@ def test_burstiness_2_has_two_query_class_items_with_the_query_label():
 # ---- classes and exemplars -----------------------------------------------------------------------------------
 
 def test_training_classes_are_the_first_n_train_classes_and_query_differs_from_distractor(task, identify):
-    batch = task.sample_train(2000, torch.Generator().manual_seed(4))
+    batch = task.sample_train(2000, seed=4)
 
     classes, exemplars = identify(task, batch.x)  # [batch, item]
     query_class = classes[:, -1]
@@ -185,7 +185,7 @@ def test_two_train_exemplars_are_drawn_from_the_first_two(identify):
     task = Task(DataConfig(n_train_classes=10, n_test_classes=20, synthetic_classes=60, synthetic_dim=16,
                            n_train_exemplars=2), CPU)
 
-    batch = task.sample_train(1000, torch.Generator().manual_seed(0))
+    batch = task.sample_train(1000, seed=0)
     _, exemplars = identify(task, batch.x)
 
     assert set(exemplars.unique().tolist()) == {0, 1}
@@ -206,7 +206,7 @@ def test_zipf_exponent_skews_class_frequencies(data_config, identify):
     zipf_task = Task(replace(data_config, zipf_exponent=1.0), CPU)
 
     def query_class_counts(task):
-        batch = task.sample_train(5000, torch.Generator().manual_seed(5))
+        batch = task.sample_train(5000, seed=5)
         return torch.bincount(identify(task, batch.x[:, -1])[0], minlength=10).float()
 
     uniform, zipf = query_class_counts(uniform_task), query_class_counts(zipf_task)
@@ -225,7 +225,7 @@ def test_query_and_distractor_classes_follow_the_class_distribution(data_config,
     # the distractor is drawn from the same distribution, the query's class excluded
     distractor_p = torch.stack([(p * p[c] / (1 - p)).sum() - p[c] * p[c] / (1 - p[c]) for c in range(10)])
 
-    batch = task.sample_train(20000, torch.Generator().manual_seed(11))
+    batch = task.sample_train(20000, seed=11)
     classes, _ = identify(task, batch.x)
     query = torch.bincount(classes[:, -1], minlength=10).double() / 20000
     distractor = torch.bincount(classes[:, :-1][~batch.match], minlength=10).double() / 20000
@@ -239,8 +239,8 @@ def test_noise_changes_x_but_not_the_sequence(data_config):
     clean_task = Task(data_config, CPU)
     noisy_task = Task(replace(data_config, noise=0.1), CPU)
 
-    clean = clean_task.sample_train(500, torch.Generator().manual_seed(6))
-    noisy = noisy_task.sample_train(500, torch.Generator().manual_seed(6))
+    clean = clean_task.sample_train(500, seed=6)
+    noisy = noisy_task.sample_train(500, seed=6)
 
     assert torch.equal(clean.context_labels, noisy.context_labels)
     assert torch.equal(clean.match, noisy.match)
@@ -266,7 +266,7 @@ def test_evaluators_are_the_four_named_sets_of_eval_size(task):
 
 def test_evaluators_are_deterministic_from_the_eval_seed(task):
     first = task.evaluators(EvalConfig(size=200), seed=1)
-    task.sample_train(100, torch.Generator().manual_seed(9))  # training draws in between change nothing
+    task.sample_train(100, seed=9)  # training draws in between change nothing
     second = task.evaluators(EvalConfig(size=200), seed=1)
     other = task.evaluators(EvalConfig(size=200), seed=2)
 
@@ -286,7 +286,7 @@ def test_evaluators_of_a_trial_do_not_depend_on_its_data_seed(tmp_path, data_con
     assert configs[0].eval_seed == configs[1].eval_seed
     for name in EVALUATORS:
         assert_batches_equal(first.evaluation.evaluators[name], second.evaluation.evaluators[name])
-    a, b = (trial.task.sample_train(50, trial.generator) for trial in (first, second))
+    a, b = (trial.task.sample_train(50, trial.config.data_seed) for trial in (first, second))
     assert not torch.equal(a.context_labels, b.context_labels)  # ...while the training streams differ
 
 
@@ -331,7 +331,7 @@ def test_all_train_sequences_needs_burstiness_1():
 # ---- the loss scale: ln 2 plateau, ln L without context --------------------------------------------------------
 
 def test_guessing_between_the_two_context_labels_costs_ln_2(task):
-    batch = task.sample_train(1000, torch.Generator().manual_seed(7))
+    batch = task.sample_train(1000, seed=7)
     logits = torch.full((1000, 5), float("-inf"))
     logits.scatter_(1, batch.context_labels, 0.0)  # equal on the two context labels, -inf elsewhere
 
@@ -341,7 +341,7 @@ def test_guessing_between_the_two_context_labels_costs_ln_2(task):
 
 
 def test_uniform_logits_cost_ln_L(task):
-    batch = task.sample_train(1000, torch.Generator().manual_seed(7))
+    batch = task.sample_train(1000, seed=7)
 
     loss = F.cross_entropy(torch.zeros(1000, 5), batch.query_label)
 
@@ -355,7 +355,7 @@ def test_best_context_free_loss_is_the_label_marginal_entropy_just_below_ln_L(ta
     counts = torch.bincount(task.train_pairs.flatten(), minlength=5).double()
     marginal = counts / counts.sum()  # each train pair is drawn uniformly and either label is first
     entropy = -(marginal * marginal.log()).sum().item()
-    batch = task.sample_train(20000, torch.Generator().manual_seed(8))
+    batch = task.sample_train(20000, seed=8)
     observed = torch.bincount(batch.query_label, minlength=5).double() / 20000
 
     assert torch.allclose(observed, marginal, atol=0.015)

@@ -106,7 +106,7 @@ def test_task_uses_the_file_classes_and_dimension(tmp_path, array, identify):
     np.save(path, array)
 
     task = Task(file_config(path), torch.device("cpu"))
-    batch = task.sample_train(200, torch.Generator().manual_seed(0))
+    batch = task.sample_train(200, seed=0)
     test_batch = task.evaluators(EvalConfig(size=200), seed=1)["fsl_test_class"]
 
     assert task.d_in == 4 and batch.x.shape == (200, 3, 4)

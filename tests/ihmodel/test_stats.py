@@ -123,10 +123,9 @@ def test_classification_metrics_by_hand():
 def test_step_stats_buffer_and_drain(model, task):
     stats = StepStats(model, list(STAT_NAMES), block=3, device="cpu")
     clamp_set = ClampSet(ClampConfig(), model)
-    generator = torch.Generator().manual_seed(0)
     losses, patterns = [], []
     for step in range(3):
-        batch = task.sample_train(8, generator)
+        batch = task.sample_train(8, seed=0, step=step)
         logits = clamp_set.forward(batch, stats.observers)
         loss = F.cross_entropy(logits, batch.query_label)
         kept = [keep.value for keep in stats.collector.patterns]  # read before row() lets go of them
@@ -151,7 +150,7 @@ def test_step_stats_buffer_and_drain(model, task):
 
 def test_step_stats_records_only_the_chosen_names(model, task):
     stats = StepStats(model, ["acc", "eval"], block=4, device="cpu")
-    batch = task.sample_train(8, torch.Generator().manual_seed(0))
+    batch = task.sample_train(8, seed=0)
     logits = ClampSet(ClampConfig(), model).forward(batch, stats.observers)
 
     loss = F.cross_entropy(logits, batch.query_label)
@@ -193,7 +192,7 @@ def test_evaluate_averages_metrics_per_evaluator_whatever_the_batch_size(model, 
 
 def test_step_stats_without_step_variables_records_nothing(model, task):
     stats = StepStats(model, ["eval", "eval_induction_score"], block=2, device="cpu")
-    batch = task.sample_train(8, torch.Generator().manual_seed(0))
+    batch = task.sample_train(8, seed=0)
     logits = ClampSet(ClampConfig(), model).forward(batch, stats.observers)
 
     stats.record(stats.row(batch, logits, F.cross_entropy(logits, batch.query_label)), grad_norm=lambda: 1 / 0)

@@ -67,7 +67,7 @@ def test_step_0_is_the_initial_model_on_the_first_batch(completed_trial, tmp_pat
     config, path = completed_trial
     trial = Trial(config, tmp_path / "fresh.zarr")  # the model at init, the data stream at its start
 
-    batch = trial.task.sample_train(config.train.batch_size, trial.generator)
+    batch = trial.task.sample_train(config.train.batch_size, config.data_seed, trial.step)
     with torch.no_grad():
         logits = trial.clamps.forward(batch)
         evaluation = trial.evaluation()
