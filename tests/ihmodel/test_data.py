@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ihmodel.config import DataConfig, EvalConfig, TrialConfig
-from ihmodel.data import Task, label_pairs
+from ihmodel.data import Distribution, Task, TrainingStream, label_pairs
 from ihmodel.store import EVALUATORS
 
 CPU = torch.device("cpu")
@@ -288,6 +288,50 @@ def test_evaluators_of_a_trial_do_not_depend_on_its_data_seed(tmp_path, data_con
         assert_batches_equal(first.evaluation.evaluators[name], second.evaluation.evaluators[name])
     a, b = (trial.task.sample_train(50, trial.config.data_seed) for trial in (first, second))
     assert not torch.equal(a.context_labels, b.context_labels)  # ...while the training streams differ
+
+
+# ---- the training stream -------------------------------------------------------------------------------------
+
+def test_a_batch_is_a_function_of_the_seed_and_the_step(task):
+    again = Task(task.config, CPU)
+
+    assert_batches_equal(task.sample_train(64, seed=3, step=17), again.sample_train(64, seed=3, step=17))
+    assert not torch.equal(task.sample_train(64, seed=3, step=17).x, task.sample_train(64, seed=3, step=18).x)
+    assert not torch.equal(task.sample_train(64, seed=3, step=17).x, task.sample_train(64, seed=4, step=17).x)
+
+
+def test_trials_drawn_together_get_the_batches_they_draw_alone(data_config):
+    """A pack draws K trials' batches at once, padded to the widest trial: each gets exactly its own stream."""
+    variants = [data_config, replace(data_config, n_train_classes=7, zipf_exponent=1.5),
+                replace(data_config, n_train_exemplars=3, seed_split=4, val_pair_fraction=0.4),
+                replace(data_config, noise=0.2)]
+    tasks = [Task(config, CPU) for config in variants]
+    seeds = [5, 6, 7, 8]
+    stream = TrainingStream(Distribution.stack([t.train_distribution for t in tasks]), seeds, batch_size=40,
+                            burstiness=1, features=tasks[0].features)
+
+    together = stream(step=12)
+
+    for k, (task, seed) in enumerate(zip(tasks, seeds)):
+        alone = task.sample_train(40, seed, step=12)
+        for field, value in zip(("context_labels", "query_label", "match"), together[1:]):
+            assert torch.equal(value[k], getattr(alone, field)), (k, field)
+        if variants[k].noise > 0:  # the noise is float arithmetic: equal up to rounding
+            torch.testing.assert_close(together[0][k], alone.x, rtol=1e-6, atol=1e-6)
+        else:
+            assert torch.equal(together[0][k], alone.x)
+
+
+def test_a_trial_without_noise_packed_with_a_noisy_one_gets_exact_features(data_config, identify):
+    tasks = [Task(data_config, CPU), Task(replace(data_config, noise=0.3), CPU)]
+    stream = TrainingStream(Distribution.stack([t.train_distribution for t in tasks]), [1, 2], batch_size=50,
+                            burstiness=1, features=tasks[0].features)
+
+    x = stream(step=0)[0]
+
+    identify(tasks[0], x[0])  # every item is exactly a feature-table row
+    with pytest.raises(AssertionError, match="not exactly one exemplar"):
+        identify(tasks[1], x[1])
 
 
 # ---- the exhaustive training set -----------------------------------------------------------------------------
