@@ -127,6 +127,7 @@ def main():
             gflops = flops_per_step(pack) / times["step_s"] / 1e9
             print(f"{k:5d} {rate:10.0f} {rate / rate_1:7.2f} {rate / alone:11.2f} {rate / k:10.0f} {gflops:8.1f} "
                   f"{gflops / peak:9.3f}", flush=True)
+            pack.close()
             del pack, members
         print(f"peak memory of this process (every pack above, and the unpacked trial): "
               f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB")

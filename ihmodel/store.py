@@ -178,3 +178,4 @@ class StoreWriter:
 
     def mark_complete(self):
         self.group.attrs["complete"] = True
+

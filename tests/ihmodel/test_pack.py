@@ -9,6 +9,7 @@ import torch
 import xarray as xr
 
 from ihmodel.compose import compose_trial
+from ihmodel import pack
 from ihmodel.pack import pack_key, run_pack
 from ihmodel.stacked import StackedAdam, StackedParameters
 from ihmodel.store import checkpoint_path, is_complete
@@ -63,6 +64,20 @@ def test_each_trial_of_a_mixed_pack_records_what_it_records_alone(alone, tiny_tr
         packed, single = load(actual), load(expected)
         assert packed.attrs == single.attrs  # the same config, trial id and version: nothing says "packed"
         assert_same_statistics(single, packed)
+
+
+def test_a_pack_writing_through_store_processes_records_what_it_writes_in_process(tiny_trial, tmp_path,
+                                                                                    monkeypatch):
+    in_process = [tmp_path / f"a{i}.zarr" for i in range(4)]
+    pooled = [tmp_path / f"b{i}.zarr" for i in range(4)]
+    assert run_pack(configs(tiny_trial), in_process) == [None] * 4
+
+    monkeypatch.setattr(pack, "store_workers", lambda device, threads, trials: 2)
+    assert run_pack(configs(tiny_trial), pooled) == [None] * 4
+
+    for expected, actual in zip(in_process, pooled):
+        assert is_complete(actual)
+        assert_same_statistics(load(expected), load(actual), exact=True)
 
 
 def test_a_pack_is_idempotent_and_skips_complete_trials(alone, tiny_trial, tmp_path):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 from importlib.metadata import version
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 import xarray as xr
 import zarr
 
+from ihmodel.append_pool import AppendPool
 from ihmodel.compose import compose_trial
 from ihmodel.config import from_yaml, trial_id
 from ihmodel.store import (EVALUATORS, VARIABLES, StoreWriter, checkpoint_path, is_complete, recorded_variables,
@@ -136,6 +138,29 @@ def test_append_and_truncate(tmp_path, tiny_trial):
     assert ds.loss.values.tolist() == [0.0, 1.0, 2.0, 30.0, 40.0]
     np.testing.assert_array_equal(ds.prev_token_score.values, np.concatenate([head_rows[:3], -head_rows[:2]]))
     assert writer.length("step") == 5 and writer.length("eval_step") == 0
+
+
+def test_an_append_pool_writes_each_store_in_order_and_fails_only_the_store_that_failed(tmp_path, tiny_trial):
+    config = compose_trial([*tiny_trial, "stats=[loss]"])
+    paths = [tmp_path / f"t{i}.zarr" for i in range(3)]
+    pool = AppendPool(workers=2)
+    try:
+        writers = [pool.writer(StoreWriter.create(path, config)) for path in paths]
+        for start in (0, 4):  # two flushes' worth, queued before one run
+            steps = np.arange(start, start + 4)
+            for i, writer in enumerate(writers):
+                writer.append("step", steps, steps * 32, {"loss": (steps + 100 * i).astype(np.float32)})
+        shutil.rmtree(paths[1] / "loss")  # this store is damaged before the pool writes
+
+        failed = pool.run()
+    finally:
+        pool.close()
+
+    assert list(failed) == [str(paths[1])]
+    for i in (0, 2):
+        ds = open_store(paths[i])
+        assert ds.step.values.tolist() == list(range(8))
+        assert ds.loss.values.tolist() == [float(s + 100 * i) for s in range(8)]
 
 
 def test_checkpoint_path_sits_beside_the_store():
