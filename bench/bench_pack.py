@@ -2,9 +2,11 @@
 
     python bench/bench_pack.py [--sizes 1 4 16 64 256 1024] [--device cpu|cuda] [--threads 1] [--steps 20]
 
-For each K: a pack of K trials (seeds 1..K, stores in a temporary directory) is compiled and warmed up, then its
-steady state is timed as a trial runs it: training steps with per-step statistics, plus one evaluation and one
-flush of statistics to the K Zarr stores, amortized at the config's eval_every and flush_every. The same is timed
+For each K: a pack of K trials (seeds 1..K, stores in a temporary directory, created and written as run_pack does:
+by worker processes on CUDA) is compiled and warmed up, then its steady state is timed as a trial runs it: training
+steps with per-step statistics, plus one evaluation and one flush of statistics to the K Zarr stores, amortized at
+the config's eval_every and flush_every. Also printed: the seconds to set the pack up (members, stores), and the
+parts of the steady state. The same is timed
 for one unpacked trial (run_trial's runner). Printed as ratios from this one run (the machine is shared and
 noisy): aggregate rate to K=1 and to the unpacked trial, and the achieved GFLOP/s of the training steps (FLOPs
 counted by torch's FlopCounterMode) against a large float32 matmul measured in the same run.
@@ -27,7 +29,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from ihmodel.compose import compose_trial
 from ihmodel.features import load_features
 from ihmodel.model import Transformer
-from ihmodel.pack import Member, Pack, sync
+from ihmodel.append_pool import AppendPool
+from ihmodel.pack import Pack, open_members, store_workers, sync
 from ihmodel.train import Trial
 
 CPU_TARGET_PER_CORE = 1.3
@@ -110,25 +113,32 @@ def main():
         features = torch.from_numpy(load_features(config.data)).to(device)
         template = Transformer(config.model, features.shape[-1], config.data.n_labels, config.data.n_ctx,
                                seed=0).to(device)
-        header = ("K", "seq/s", "x K=1", "x unpacked", "per trial", "GFLOP/s", "x matmul")
-        print(" ".join(f"{h:>{w}}" for h, w in zip(header, (5, 10, 7, 11, 10, 8, 9))))
+        header = ("K", "seq/s", "x K=1", "x unpacked", "per trial", "GFLOP/s", "x matmul", "writers", "setup s",
+                  "step ms", "eval s", "flush s")
+        print(" ".join(f"{h:>{w}}" for h, w in zip(header, (5, 10, 7, 11, 10, 8, 9, 8, 8, 8, 7, 8))))
         rate_1 = None
         for k in args.sizes:
             torch._dynamo.reset()  # compile for this K alone, as a pack's own process does (static shapes)
-            members, clamp_sets = [], {}
-            for i in range(k):
-                member = Member(i, dataclasses.replace(config, seed=i + 1), features, template, device, clamp_sets)
-                member.open(Path(tmp) / f"K{k}" / f"t{i}.zarr", device)
-                members.append(member)
-            pack = Pack(members, template, device)
-            times = steady_state(pack, device, args.steps)
-            rate = sequences_per_s(times, config, k)
-            rate_1 = rate_1 or rate
-            gflops = flops_per_step(pack) / times["step_s"] / 1e9
-            print(f"{k:5d} {rate:10.0f} {rate / rate_1:7.2f} {rate / alone:11.2f} {rate / k:10.0f} {gflops:8.1f} "
-                  f"{gflops / peak:9.3f}", flush=True)
-            pack.close()
-            del pack, members
+            workers = store_workers(device, args.threads, k)  # as run_pack writes a pack's stores
+            pool = AppendPool(workers) if workers else None
+            try:
+                start = time.perf_counter()
+                configs = [dataclasses.replace(config, seed=i + 1) for i in range(k)]
+                paths = [Path(tmp) / f"K{k}" / f"t{i}.zarr" for i in range(k)]
+                members = open_members(configs, paths, list(range(k)), features, template, device, pool, [None] * k)
+                setup_s = time.perf_counter() - start
+                pack = Pack(members, template, device, pool)
+                times = steady_state(pack, device, args.steps)
+                rate = sequences_per_s(times, config, k)
+                rate_1 = rate_1 or rate
+                gflops = flops_per_step(pack) / times["step_s"] / 1e9
+                print(f"{k:5d} {rate:10.0f} {rate / rate_1:7.2f} {rate / alone:11.2f} {rate / k:10.0f} "
+                      f"{gflops:8.1f} {gflops / peak:9.3f} {workers:8d} {setup_s:8.1f} {1e3 * times['step_s']:8.2f} "
+                      f"{times['eval_s']:7.2f} {times['flush_s']:8.2f}", flush=True)
+                del pack, members
+            finally:
+                if pool:
+                    pool.close()
         print(f"peak memory of this process (every pack above, and the unpacked trial): "
               f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB")
         if device.type == "cpu":

@@ -1,7 +1,8 @@
-"""Appends to many trials' stores at once, from worker processes (a pack's flush).
+"""Creates and appends to many trials' stores at once, from worker processes (a CUDA pack's stores).
 
 zarr-python spends about 1 ms of Python per array write, and a store has 17 arrays: a pack of 1,024 trials spends
-about 35 s a flush in one process, several times the GPU's time for the 1,024 steps between flushes. Workers are
+about 35 s a flush in one process, several times the GPU's time for the 1,024 steps between flushes, and 2 minutes
+creating the stores (xarray lays each skeleton: about 117 ms). Workers are
 plain subprocesses (`python -m ihmodel.append_pool`) speaking pickle over their stdin and stdout, so they never
 re-import the caller's main module (as multiprocessing's spawn does) and never fork a process holding CUDA.
 """
@@ -15,13 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ihmodel.config import TrialConfig
 from ihmodel.store import StoreWriter
 
 
 class AppendPool:
-    """StoreWriter.append for many stores from `workers` processes. Each worker owns a fixed share of the stores,
-    so a store's appends stay in order in one process; `run` returns when every queued append is written (a
-    checkpoint taken after it describes the stores exactly)."""
+    """StoreWriter.create and .append for many stores from `workers` processes. Each worker owns a fixed share of
+    the stores, so a store's appends stay in order in one process; `run` returns when every queued append is
+    written (a checkpoint taken after it describes the stores exactly)."""
 
     def __init__(self, workers: int):
         package_root = str(Path(__file__).resolve().parents[1])
@@ -31,15 +33,26 @@ class AppendPool:
         self.owner: dict[str, subprocess.Popen] = {}
         self.queued: dict[subprocess.Popen, list[tuple]] = {process: [] for process in self.processes}
 
+    def create(self, stores: dict[str, TrialConfig]) -> dict[str, BaseException]:
+        """StoreWriter.create(path, config) for every store at once; returns the ones that failed, with errors."""
+        for path, config in stores.items():
+            self._own(path)
+            self.queued[self.owner[path]].append(("create", path, config))
+        return self.run()
+
     def writer(self, writer: StoreWriter) -> PooledWriter:
-        self.owner[writer.path] = self.processes[len(self.owner) % len(self.processes)]
+        self._own(writer.path)
         return PooledWriter(writer, self)
 
+    def _own(self, path: str):
+        if path not in self.owner:
+            self.owner[path] = self.processes[len(self.owner) % len(self.processes)]
+
     def queue(self, path: str, *append_args):
-        self.queued[self.owner[path]].append((path, *append_args))
+        self.queued[self.owner[path]].append(("append", path, *append_args))
 
     def run(self) -> dict[str, BaseException]:
-        """Write everything queued; returns the stores whose appends failed, with their errors."""
+        """Do everything queued; returns the stores whose jobs failed, with their errors."""
         for process, jobs in self.queued.items():
             pickle.dump(jobs, process.stdin)
             process.stdin.flush()
@@ -49,7 +62,7 @@ class AppendPool:
                 failed |= pickle.load(process.stdout)
             except EOFError:  # the worker died (killed, out of memory): its stores failed this flush
                 failed |= {path: RuntimeError(f"the store writer process of {path} exited with "
-                                              f"{process.wait()}") for path, *_ in jobs}
+                                              f"{process.wait()}") for _, path, *_ in jobs}
         self.queued = {process: [] for process in self.processes}
         return failed
 
@@ -76,7 +89,7 @@ class PooledWriter:
 
 
 def serve(jobs_in, results_out):
-    """A worker: for each list of appends read, write them and answer the stores that failed."""
+    """A worker: for each list of jobs read, do them and answer the stores that failed."""
     writers: dict[str, StoreWriter] = {}
     while True:
         try:
@@ -84,13 +97,16 @@ def serve(jobs_in, results_out):
         except EOFError:
             return
         failed: dict[str, BaseException] = {}
-        for path, *append_args in jobs:
+        for kind, path, *args in jobs:
             if path in failed:
                 continue  # a store's later appends after a failed one would leave a gap
             try:
+                if kind == "create":
+                    writers[path] = StoreWriter.create(path, *args)
+                    continue
                 if path not in writers:
                     writers[path] = StoreWriter(path)
-                writers[path].append(*append_args)
+                writers[path].append(*args)
             except Exception as error:
                 failed[path] = error
         pickle.dump({path: _sendable(error) for path, error in failed.items()}, results_out)

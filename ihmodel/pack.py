@@ -34,7 +34,7 @@ from ihmodel.model import Transformer
 from ihmodel.stacked import StackedAdam, StackedParameters
 from ihmodel.stats import Evaluation, StepStats
 from ihmodel.append_pool import AppendPool
-from ihmodel.store import is_complete
+from ihmodel.store import is_complete, resumable
 from ihmodel.train import TrialStore, compiled, records_eval, resolve_device, train_loop
 
 # Result-defining keys that may differ between the trials of one pack (they change no tensor shape).
@@ -77,10 +77,10 @@ class Member:
         self.step = 0  # the step it resumes at
         self.error: BaseException | None = None
 
-    def open(self, store_path: Path, device):
+    def open(self, store_path: Path, device, created: bool = False):
         store_path.parent.mkdir(parents=True, exist_ok=True)
         self.store = TrialStore(self.config, store_path)
-        self.state = self.store.resume(device)
+        self.state = self.store.resume(device, created)
         self.step = self.state["step"] if self.state else 0
 
     @property
@@ -117,7 +117,8 @@ def stacked(batches: list) -> list[Tensor]:
 class Pack:
     """The runner `train_loop` drives for K members at the same step (see run_pack)."""
 
-    def __init__(self, members: list[Member], template: Transformer, device):
+    def __init__(self, members: list[Member], template: Transformer, device, pool: AppendPool | None = None):
+        """`pool`: worker processes that write the members' stores (run_pack makes one on CUDA)."""
         config = members[0].config
         self.train = config.train
         groups: dict[str, list[Member]] = {}
@@ -144,12 +145,10 @@ class Pack:
                                      config.data.burstiness, self.members[0].task.features)
         self.stats = StepStats(template, config.stats, self.train.flush_every, device, trials=(len(self.members),))
         self.evaluations = [PackEvaluation(clamps, self.functional, config) for _, clamps in self.groups]
-        self.pool = None
-        workers = store_workers(device, config.threads, len(self.members))
-        if workers and all(m.store for m in self.members):
-            self.pool = AppendPool(workers)
+        self.pool = pool
+        if pool:
             for member in self.members:
-                member.store.writer = self.pool.writer(member.store.writer)
+                member.store.writer = pool.writer(member.store.writer)
         self.forward = self.forward_all
         if self.train.compiled:
             self.forward = compiled(self.forward_all, device)
@@ -203,12 +202,6 @@ class Pack:
     def finish(self):
         for member in self.members:
             self._guarded(member, member.store.complete)
-
-    def close(self):
-        """Stop the store writer processes, if any."""
-        if self.pool:
-            self.pool.close()
-            self.pool = None
 
     @staticmethod
     def _guarded(member: Member, write):
@@ -306,24 +299,47 @@ def run_pack(configs: list[TrialConfig], store_paths: list[str | Path],
     except Exception as error:
         return [error if i in pending else None for i in range(len(configs))]
     template = Transformer(first.model, features.shape[-1], first.data.n_labels, first.data.n_ctx, seed=0).to(device)
-    members, clamp_sets = [], {}
-    for i in pending:
-        try:
-            member = Member(i, configs[i], features, template, device, clamp_sets)
-            member.open(Path(store_paths[i]), device)
-            members.append(member)
-        except Exception as error:  # a bad trial fails alone, before any training
-            errors[i] = error
-    for step in sorted({m.step for m in members}):
-        pack = Pack([m for m in members if m.step == step], template, device)
-        try:
+    workers = store_workers(device, first.threads, len(pending))
+    pool = AppendPool(workers) if workers else None
+    try:
+        members = open_members(configs, store_paths, pending, features, template, device, pool, errors)
+        for step in sorted({m.step for m in members}):
+            pack = Pack([m for m in members if m.step == step], template, device, pool)
             train_loop(pack, first.train, trials=len(pack.members), desc=f"pack of {len(pack.members)}",
                        progress=progress)
-        finally:
-            pack.close()
+    finally:
+        if pool:
+            pool.close()
     for member in members:
         errors[member.index] = member.error
     return errors
+
+
+def open_members(configs: list[TrialConfig], store_paths: list[str | Path], pending: list[int], features: Tensor,
+                 template: Transformer, device, pool: AppendPool | None, errors: list) -> list[Member]:
+    """The pending trials as members with open stores (fresh ones created by the pool's workers at once, when there
+    is a pool); a trial that fails here (a bad clamp, an unwritable path) gets its error and trains no further."""
+    members, clamp_sets = [], {}
+    for i in pending:
+        try:
+            members.append(Member(i, configs[i], features, template, device, clamp_sets))
+        except Exception as error:  # a bad trial fails alone, before any training
+            errors[i] = error
+    fresh = [m for m in members if not resumable(store_paths[m.index])] if pool else []
+    for path in {str(store_paths[m.index]) for m in fresh}:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    failed = pool.create({str(store_paths[m.index]): m.config for m in fresh}) if pool else {}
+    opened = []
+    for member in members:
+        path = str(store_paths[member.index])
+        try:
+            if path in failed:
+                raise failed[path]
+            member.open(Path(path), device, created=member in fresh)
+            opened.append(member)
+        except Exception as error:
+            errors[member.index] = error
+    return opened
 
 
 def store_workers(device: torch.device, threads: int, trials: int) -> int:

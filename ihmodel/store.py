@@ -87,6 +87,11 @@ def checkpoint_path(store_path: str | Path) -> Path:
     return store_path.with_name(store_path.name.removesuffix(".zarr") + ".ckpt.pt")
 
 
+def resumable(store_path: str | Path) -> bool:
+    """A checkpoint to continue from (else the trial starts over in a fresh store)."""
+    return checkpoint_path(store_path).is_file() and Path(store_path).exists()
+
+
 def is_complete(store_path: str | Path) -> bool:
     try:
         return bool(zarr.open_group(str(store_path), mode="r").attrs.get("complete", False))

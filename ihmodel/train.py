@@ -22,7 +22,7 @@ from ihmodel.data import Batch, Task
 from ihmodel.flat_adam import FlatAdam
 from ihmodel.model import Transformer
 from ihmodel.stats import Evaluation, StepStats
-from ihmodel.store import StoreWriter, checkpoint_path, is_complete
+from ihmodel.store import StoreWriter, checkpoint_path, is_complete, resumable
 
 
 def resolve_device(name: str) -> torch.device:
@@ -50,12 +50,13 @@ class TrialStore:
         self.n_evals = 0
         self.last_eval_step: int | None = None
 
-    def resume(self, device) -> dict | None:
-        """The checkpoint's state (the store truncated to match it), or None after creating a fresh store."""
-        ckpt = checkpoint_path(self.store_path)
-        if not (ckpt.is_file() and self.store_path.exists()):
-            self.writer = StoreWriter.create(self.store_path, self.config)
+    def resume(self, device, created: bool = False) -> dict | None:
+        """The checkpoint's state (the store truncated to match it), or None after creating a fresh store (`created`:
+        someone else just did, ihmodel.append_pool)."""
+        if not resumable(self.store_path):
+            self.writer = StoreWriter(self.store_path) if created else StoreWriter.create(self.store_path, self.config)
             return None
+        ckpt = checkpoint_path(self.store_path)
         state = load_checkpoint(ckpt, map_location=device)
         if state["trial_id"] != trial_id(self.config):
             raise ValueError(f"checkpoint {ckpt} belongs to trial {state['trial_id']}, not "
