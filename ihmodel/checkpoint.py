@@ -14,6 +14,11 @@ from ihmodel.config import TrialConfig, from_yaml, to_yaml, trial_id
 from ihmodel.model import Transformer
 
 
+# How the data stream is drawn: a checkpoint of another stream would continue with different batches than its
+# trial began with (an uninterrupted run's statistics would not be reproduced), so resuming one is refused.
+DATA_STREAM = "counter-splitmix64"
+
+
 def save_checkpoint(path: Path, config: TrialConfig, model: Transformer, optimizer: torch.optim.Optimizer, step: int,
                     n_evals: int):
     write_checkpoint(path, checkpoint_state(config, model.state_dict(), optimizer.state_dict(), step, n_evals,
@@ -29,6 +34,7 @@ def checkpoint_state(config: TrialConfig, model_state: dict, optimizer_state: di
         "model": model_state,
         "optimizer": optimizer_state,  # torch.optim.Adam's state_dict format
         "step": step,  # optimizer updates done; the store holds exactly this many step rows
+        "data_stream": DATA_STREAM,  # the batch of every step is a function of (data seed, step)
         "n_evals": n_evals,  # eval rows in the store
         "model_shape": shape,
     }

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ihmodel.checkpoint import checkpoint_state, load_checkpoint, model_shape, write_checkpoint
+from ihmodel.checkpoint import DATA_STREAM, checkpoint_state, load_checkpoint, model_shape, write_checkpoint
 from ihmodel.clamp import ClampSet
 from ihmodel.config import TrainConfig, TrialConfig, trial_id
 from ihmodel.data import Batch, Task
@@ -61,6 +61,10 @@ class TrialStore:
         if state["trial_id"] != trial_id(self.config):
             raise ValueError(f"checkpoint {ckpt} belongs to trial {state['trial_id']}, not "
                              f"{trial_id(self.config)}; use another store path or delete both to restart")
+        if state.get("data_stream") != DATA_STREAM:
+            raise ValueError(f"checkpoint {ckpt} was written by an icsweep that drew its data differently (a "
+                             f"torch.Generator per trial): resuming would change the trial's batches; delete it and "
+                             f"{self.store_path} to restart the trial")
         self.n_evals = state["n_evals"]
         self.writer = StoreWriter(self.store_path)
         self.writer.truncate(state["step"], self.n_evals)

@@ -189,6 +189,22 @@ def test_resume_refuses_a_checkpoint_of_another_trial(completed_trial, tmp_path,
         run_trial(other, store)
 
 
+def test_resume_refuses_a_checkpoint_of_the_generator_based_data_stream(completed_trial, tmp_path):
+    config, path = completed_trial
+    store = tmp_path / "trial.zarr"
+    copy_trial(path, store)
+    zarr.open_group(str(store), mode="r+").attrs["complete"] = False
+    ckpt = store.with_suffix(".ckpt.pt")
+    state = torch.load(ckpt, weights_only=False)
+    del state["data_stream"]  # as written before the counter-based stream
+    state["generator"] = torch.Generator().get_state()
+    torch.save(state, ckpt)
+
+    with pytest.raises(ValueError, match=rf"checkpoint {ckpt} was written by an icsweep that drew its data "
+                                         rf"differently .* delete it and {store} to restart the trial"):
+        run_trial(config, store)
+
+
 def test_bad_clamp_fails_before_the_store_is_made(tmp_path, tiny_trial):
     config = compose_trial([*tiny_trial, "clamp=noclamp", "clamp.active_head=[1,9]"])
 
