@@ -119,7 +119,7 @@ def main():
         rate_1 = None
         for k in args.sizes:
             torch._dynamo.reset()  # compile for this K alone, as a pack's own process does (static shapes)
-            workers = store_workers(device, args.threads, k)  # as run_pack writes a pack's stores
+            workers = store_workers(device, k)  # as run_pack writes a pack's stores
             pool = AppendPool(workers) if workers else None
             try:
                 start = time.perf_counter()

@@ -71,7 +71,10 @@ class AppendPool:
             if process.stdin and not process.stdin.closed:
                 process.stdin.close()  # end of input: the worker returns
         for process in self.processes:
-            process.wait(timeout=30)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:  # stuck (a hung filesystem): the pack's results are already flushed
+                process.kill()
 
 
 class PooledWriter:

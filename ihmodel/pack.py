@@ -299,7 +299,7 @@ def run_pack(configs: list[TrialConfig], store_paths: list[str | Path],
     except Exception as error:
         return [error if i in pending else None for i in range(len(configs))]
     template = Transformer(first.model, features.shape[-1], first.data.n_labels, first.data.n_ctx, seed=0).to(device)
-    workers = store_workers(device, first.threads, len(pending))
+    workers = store_workers(device, len(pending))
     pool = AppendPool(workers) if workers else None
     try:
         members = open_members(configs, store_paths, pending, features, template, device, pool, errors)
@@ -342,14 +342,16 @@ def open_members(configs: list[TrialConfig], store_paths: list[str | Path], pend
     return opened
 
 
-def store_workers(device: torch.device, threads: int, trials: int) -> int:
-    """Processes that write a CUDA pack's stores (ihmodel.append_pool): the allocated cores its torch threads leave
-    free, at most one per 64 stores; 0 (write in the pack's own process) when fewer than two would run. On a GPU the
-    writes cost several times the training between flushes and the cores are otherwise idle; on CPU they cost about
-    2 % of it (1,024 steps of a 1,024-trial pack take half an hour there) and the cores are the pack's own."""
+def store_workers(device: torch.device, trials: int) -> int:
+    """Processes that create and write a CUDA pack's stores (ihmodel.append_pool): every allocated core but one, at
+    most one per 64 stores; 0 (write in the pack's own process) when fewer than two would run. On a GPU the writes
+    cost several times the training between flushes, and a flush waits for its writers, so they never compete with
+    the pack's own (then idle) threads. On CPU the writes cost about 2 % of the training (1,024 steps of a
+    1,024-trial pack take half an hour there): the pack writes in process and its cores stay its own."""
     if device.type != "cuda":
         return 0
-    workers = min(len(os.sched_getaffinity(0)) - threads, trials // 64)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = min(cores - 1, trials // 64)
     return workers if workers >= 2 else 0
 
 

@@ -72,7 +72,7 @@ def test_a_pack_writing_through_store_processes_records_what_it_writes_in_proces
     pooled = [tmp_path / f"b{i}.zarr" for i in range(4)]
     assert run_pack(configs(tiny_trial), in_process) == [None] * 4
 
-    monkeypatch.setattr(pack, "store_workers", lambda device, threads, trials: 2)
+    monkeypatch.setattr(pack, "store_workers", lambda device, trials: 2)
     assert run_pack(configs(tiny_trial), pooled) == [None] * 4
 
     for expected, actual in zip(in_process, pooled):
