@@ -4,8 +4,8 @@
 #   bash bench/device_check.sh [pack sizes ...]        (default: 1 16 64 256 1024)
 #
 # Logs go to $OUT (or /tmp/device_check). A machine without the project's dependencies gets them from wheels in
-# .whl/ when that folder exists (Python 3.12 wheels: zarr, numcodecs, google-crc32c, donfig, hydra-core,
-# omegaconf, antlr4-python3-runtime); the project itself runs from the checkout (PYTHONPATH).
+# .whl/ when that folder exists (made by bench/fetch_device_wheels.sh; carry it with the call); the project itself
+# runs from the checkout (PYTHONPATH).
 set -uo pipefail
 out=${OUT:-/tmp/device_check}
 mkdir -p "$out"
