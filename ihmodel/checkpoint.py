@@ -1,7 +1,7 @@
 """Checkpoints: everything a trial needs to continue exactly where it stopped.
 
-Model, optimizer, the step reached (the data stream is a function of the step) and how many rows the store held then. Written to
-a temporary file and renamed, so a kill during the write leaves the previous checkpoint intact.
+Model, optimizer, the step reached (the data stream is a function of the step) and how many rows the store held
+then. Written to a temporary file and renamed, so a kill during the write leaves the previous checkpoint intact.
 """
 from __future__ import annotations
 

@@ -207,8 +207,8 @@ class Task:
         cumulative = torch.cumsum(class_weights.double(), 0)
         thresholds = torch.round(cumulative / cumulative[-1] * UNIT).long()
         thresholds[-1] = UNIT  # exactly: every draw in [0, UNIT) lands on a class
-        return Distribution(classes[None], thresholds[None], exemplars[:1], torch.tensor([len(exemplars)], device=self.device),
-                            pairs[None], torch.tensor([len(pairs)], device=self.device),
+        counts = torch.tensor([len(exemplars), len(pairs)], device=self.device)
+        return Distribution(classes[None], thresholds[None], exemplars[:1], counts[:1], pairs[None], counts[1:],
                             torch.tensor([self.config.noise], device=self.device), self.config.noise > 0)
 
     def sample_train(self, n: int, seed: int, step: int = 0) -> Batch:
@@ -229,14 +229,16 @@ class Task:
         train_uniform = torch.ones(len(self.train_classes), device=self.device)
         test_uniform = torch.ones(len(self.test_classes), device=self.device)
         exemplar0 = self.train_exemplars[:1]
-        specs = {  # the keys are ihmodel.config.EVALUATORS; each set is one draw of the eval seed's stream
+        # the keys are ihmodel.config.EVALUATORS; set i is draw -(i+1) of the eval seed's stream, which no training
+        # step (draws 0, 1, ...) makes even when a user gives the data and eval seeds the same value
+        specs = {
             "fsl_train": (self.train_classes, train_uniform, exemplar0, self.train_pairs),
             "fsl_val_rl": (self.train_classes, train_uniform, exemplar0, self.val_pairs),
             "fsl_train_valex": (self.train_classes, train_uniform, self.heldout_exemplars, self.train_pairs),
             "fsl_test_class": (self.test_classes, test_uniform, exemplar0, self.train_pairs),
         }
-        return {name: self.draw(self.distribution(*spec), seed, counter, config.size)
-                for counter, (name, spec) in enumerate(specs.items())}
+        return {name: self.draw(self.distribution(*spec), seed, -(i + 1), config.size)
+                for i, (name, spec) in enumerate(specs.items())}
 
     def all_train_sequences(self) -> Sequences:
         """Every training sequence (burstiness 1): ordered pairs of distinct train classes x ordered train label
@@ -259,5 +261,5 @@ class Task:
         item_class = torch.cat([torch.where(match, query[q, None], distractor[q, None]), query[q, None]], dim=1)
         first, second = ordered_pairs[p, :1], ordered_pairs[p, 1:]
         rows = self.train_classes[item_class] * self.features.shape[1] + self.train_exemplars[0]
-        return Sequences(self.features.view(-1, self.d_in), rows, None, context_labels=torch.where(match, first, second),
-                         query_label=first[:, 0], match=match)
+        return Sequences(self.features.view(-1, self.d_in), rows, None,
+                         context_labels=torch.where(match, first, second), query_label=first[:, 0], match=match)

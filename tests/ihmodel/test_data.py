@@ -300,6 +300,13 @@ def test_a_batch_is_a_function_of_the_seed_and_the_step(task):
     assert not torch.equal(task.sample_train(64, seed=3, step=17).x, task.sample_train(64, seed=4, step=17).x)
 
 
+def test_evaluation_sets_are_no_training_batch_even_with_the_same_seed(task):
+    fsl_train = task.evaluators(EvalConfig(size=32), seed=7)["fsl_train"]
+    first_batches = [task.sample_train(32, seed=7, step=step) for step in range(3)]
+
+    assert all(not torch.equal(fsl_train.x, batch.x) for batch in first_batches)
+
+
 def test_trials_drawn_together_get_the_batches_they_draw_alone(data_config):
     """A pack draws K trials' batches at once, padded to the widest trial: each gets exactly its own stream."""
     variants = [data_config, replace(data_config, n_train_classes=7, zipf_exponent=1.5),
