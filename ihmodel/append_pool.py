@@ -53,14 +53,21 @@ class AppendPool:
 
     def run(self) -> dict[str, BaseException]:
         """Do everything queued; returns the stores whose jobs failed, with their errors."""
+        sent = []
         for process, jobs in self.queued.items():
-            pickle.dump(jobs, process.stdin)
-            process.stdin.flush()
+            try:
+                pickle.dump(jobs, process.stdin)
+                process.stdin.flush()
+                sent.append(process)
+            except OSError:  # the worker is gone (killed, out of memory): answered below
+                pass
         failed = {}
         for process, jobs in self.queued.items():
             try:
+                if process not in sent:
+                    raise EOFError
                 failed |= pickle.load(process.stdout)
-            except EOFError:  # the worker died (killed, out of memory): its stores failed this flush
+            except EOFError:  # the worker died: the stores it owns fail, their pack-mates go on
                 failed |= {path: RuntimeError(f"the store writer process of {path} exited with "
                                               f"{process.wait()}") for _, path, *_ in jobs}
         self.queued = {process: [] for process in self.processes}
@@ -68,8 +75,10 @@ class AppendPool:
 
     def close(self):
         for process in self.processes:
-            if process.stdin and not process.stdin.closed:
+            try:
                 process.stdin.close()  # end of input: the worker returns
+            except OSError:
+                pass  # it is gone already
         for process in self.processes:
             try:
                 process.wait(timeout=60)

@@ -183,3 +183,25 @@ def corrupt_stores(tmp_path) -> dict[str, Path]:
 @pytest.mark.parametrize("case", ["missing", "empty", "file", "bad_json", "torn", "array", "no_node_type"])
 def test_is_complete_is_false_for_a_missing_or_corrupt_store(tmp_path, case):
     assert is_complete(corrupt_stores(tmp_path)[case]) is False
+
+
+def test_an_append_pool_fails_the_stores_of_a_dead_worker_and_writes_the_others(tmp_path, tiny_trial):
+    config = compose_trial([*tiny_trial, "stats=[loss]"])
+    paths = [tmp_path / f"t{i}.zarr" for i in range(4)]
+    pool = AppendPool(workers=2)
+    try:
+        writers = [pool.writer(StoreWriter.create(path, config)) for path in paths]
+        pool.processes[0].kill()  # owns stores 0 and 2
+        pool.processes[0].wait()
+        steps = np.arange(4)
+        for writer in writers:
+            writer.append("step", steps, steps * 32, {"loss": steps.astype(np.float32)})
+
+        failed = pool.run()
+    finally:
+        pool.close()
+
+    assert sorted(failed) == [str(paths[0]), str(paths[2])]
+    assert "exited with" in str(failed[str(paths[0])])
+    for i in (1, 3):
+        assert open_store(paths[i]).loss.values.tolist() == [0.0, 1.0, 2.0, 3.0]
