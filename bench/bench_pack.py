@@ -29,8 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ihmodel.compose import compose_trial
 from ihmodel.features import load_features
 from ihmodel.model import Transformer
-from ihmodel.append_pool import AppendPool
-from ihmodel.pack import Pack, open_members, store_workers, sync
+from ihmodel.pack import Pack, open_members, store_pool, sync
 from ihmodel.train import Trial
 
 CPU_TARGET_PER_CORE = 1.3
@@ -119,9 +118,8 @@ def main():
         rate_1 = None
         for k in args.sizes:
             torch._dynamo.reset()  # compile for this K alone, as a pack's own process does (static shapes)
-            workers = store_workers(device, k)  # as run_pack writes a pack's stores
-            pool = AppendPool(workers) if workers else None
-            try:
+            with store_pool(device, k) as pool:  # as run_pack creates and writes a pack's stores
+                workers = len(pool.processes) if pool else 0
                 start = time.perf_counter()
                 configs = [dataclasses.replace(config, seed=i + 1) for i in range(k)]
                 paths = [Path(tmp) / f"K{k}" / f"t{i}.zarr" for i in range(k)]
@@ -136,9 +134,6 @@ def main():
                       f"{gflops:8.1f} {gflops / peak:9.3f} {workers:8d} {setup_s:8.1f} {1e3 * times['step_s']:8.2f} "
                       f"{times['eval_s']:7.2f} {times['flush_s']:8.2f}", flush=True)
                 del pack, members
-            finally:
-                if pool:
-                    pool.close()
         print(f"peak memory of this process (every pack above, and the unpacked trial): "
               f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB")
         if device.type == "cpu":

@@ -60,13 +60,16 @@ class Sequences:
         return self.items.shape[0]
 
     def slice(self, start: int, stop: int) -> Sequences:
-        return Sequences(self.table, self.items[start:stop], None if self.noise is None else self.noise[start:stop],
-                         self.context_labels[start:stop], self.query_label[start:stop], self.match[start:stop])
+        return self[start:stop]
 
     def trial(self, k: int) -> Sequences:
         """Trial k's sequences of a draw for several trials (leading trial axis)."""
-        return Sequences(self.table, self.items[k], None if self.noise is None else self.noise[k],
-                         self.context_labels[k], self.query_label[k], self.match[k])
+        return self[k]
+
+    def __getitem__(self, index: int | slice) -> Sequences:
+        """Every field but the shared table indexed along the leading axis."""
+        return Sequences(self.table, self.items[index], None if self.noise is None else self.noise[index],
+                         self.context_labels[index], self.query_label[index], self.match[index])
 
 
 UNIT = 1 << counter_rng.UNIT_BITS  # class weights are integers summing to UNIT: draws compare exactly
@@ -91,8 +94,7 @@ class Distribution:
         def padded(field: str, value) -> Tensor:
             tensors = [getattr(d, field)[0] for d in distributions]
             width = max(len(t) for t in tensors)
-            return torch.stack([torch.cat([t, t[:1].expand(width - len(t), *t.shape[1:]).clone().fill_(value)])
-                                for t in tensors])
+            return torch.stack([torch.cat([t, t.new_full((width - len(t), *t.shape[1:]), value)]) for t in tensors])
 
         def joined(field: str) -> Tensor:
             return torch.cat([getattr(d, field) for d in distributions])
@@ -142,8 +144,8 @@ class TrainingStream:
 
     def __init__(self, distribution: Distribution, seeds: list[int], batch_size: int, burstiness: int,
                  features: Tensor):
-        self.distribution, self.batch_size, self.burstiness, self.features = (distribution, batch_size, burstiness,
-                                                                              features)
+        self.distribution, self.features = distribution, features
+        self.batch_size, self.burstiness = batch_size, burstiness
         self.seeds = torch.tensor(seeds, dtype=torch.int64, device=features.device)
         self.counter = torch.zeros((), dtype=torch.int64, device=features.device)
 

@@ -17,6 +17,8 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -25,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from ihmodel.append_pool import AppendPool
 from ihmodel.checkpoint import model_shape
 from ihmodel.clamp import ClampSet
 from ihmodel.config import TrialConfig, result_defining, to_dict
@@ -33,7 +36,6 @@ from ihmodel.features import load_features
 from ihmodel.model import Transformer
 from ihmodel.stacked import StackedAdam, StackedParameters
 from ihmodel.stats import Evaluation, StepStats
-from ihmodel.append_pool import AppendPool
 from ihmodel.store import is_complete, resumable
 from ihmodel.train import TrialStore, compiled, records_eval, resolve_device, train_loop
 
@@ -299,17 +301,12 @@ def run_pack(configs: list[TrialConfig], store_paths: list[str | Path],
     except Exception as error:
         return [error if i in pending else None for i in range(len(configs))]
     template = Transformer(first.model, features.shape[-1], first.data.n_labels, first.data.n_ctx, seed=0).to(device)
-    workers = store_workers(device, len(pending))
-    pool = AppendPool(workers) if workers else None
-    try:
+    with store_pool(device, len(pending)) as pool:
         members = open_members(configs, store_paths, pending, features, template, device, pool, errors)
         for step in sorted({m.step for m in members}):
             pack = Pack([m for m in members if m.step == step], template, device, pool)
             train_loop(pack, first.train, trials=len(pack.members), desc=f"pack of {len(pack.members)}",
                        progress=progress)
-    finally:
-        if pool:
-            pool.close()
     for member in members:
         errors[member.index] = member.error
     return errors
@@ -326,8 +323,6 @@ def open_members(configs: list[TrialConfig], store_paths: list[str | Path], pend
         except Exception as error:  # a bad trial fails alone, before any training
             errors[i] = error
     fresh = [m for m in members if not resumable(store_paths[m.index])] if pool else []
-    for path in {str(store_paths[m.index]) for m in fresh}:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
     failed = pool.create({str(store_paths[m.index]): m.config for m in fresh}) if pool else {}
     opened = []
     for member in members:
@@ -340,6 +335,18 @@ def open_members(configs: list[TrialConfig], store_paths: list[str | Path], pend
         except Exception as error:
             errors[member.index] = error
     return opened
+
+
+@contextmanager
+def store_pool(device: torch.device, trials: int) -> Iterator[AppendPool | None]:
+    """The worker processes that create and write a pack's stores (None: the pack writes them itself)."""
+    workers = store_workers(device, trials)
+    pool = AppendPool(workers) if workers else None
+    try:
+        yield pool
+    finally:
+        if pool:
+            pool.close()
 
 
 def store_workers(device: torch.device, trials: int) -> int:

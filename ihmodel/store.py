@@ -183,4 +183,3 @@ class StoreWriter:
 
     def mark_complete(self):
         self.group.attrs["complete"] = True
-

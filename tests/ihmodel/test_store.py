@@ -5,6 +5,7 @@ import json
 import re
 import shutil
 import subprocess
+from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
 
@@ -140,12 +141,20 @@ def test_append_and_truncate(tmp_path, tiny_trial):
     assert writer.length("step") == 5 and writer.length("eval_step") == 0
 
 
-def test_an_append_pool_writes_each_store_in_order_and_fails_only_the_store_that_failed(tmp_path, tiny_trial):
+@contextmanager
+def pooled_stores(tmp_path, tiny_trial, n: int):
+    """n fresh loss-only stores written through an AppendPool of 2 workers: (pool, paths, writers)."""
     config = compose_trial([*tiny_trial, "stats=[loss]"])
-    paths = [tmp_path / f"t{i}.zarr" for i in range(3)]
+    paths = [tmp_path / f"t{i}.zarr" for i in range(n)]
     pool = AppendPool(workers=2)
     try:
-        writers = [pool.writer(StoreWriter.create(path, config)) for path in paths]
+        yield pool, paths, [pool.writer(StoreWriter.create(path, config)) for path in paths]
+    finally:
+        pool.close()
+
+
+def test_an_append_pool_writes_each_store_in_order_and_fails_only_the_store_that_failed(tmp_path, tiny_trial):
+    with pooled_stores(tmp_path, tiny_trial, 3) as (pool, paths, writers):
         for start in (0, 4):  # two flushes' worth, queued before one run
             steps = np.arange(start, start + 4)
             for i, writer in enumerate(writers):
@@ -153,14 +162,28 @@ def test_an_append_pool_writes_each_store_in_order_and_fails_only_the_store_that
         shutil.rmtree(paths[1] / "loss")  # this store is damaged before the pool writes
 
         failed = pool.run()
-    finally:
-        pool.close()
 
     assert list(failed) == [str(paths[1])]
     for i in (0, 2):
         ds = open_store(paths[i])
         assert ds.step.values.tolist() == list(range(8))
         assert ds.loss.values.tolist() == [float(s + 100 * i) for s in range(8)]
+
+
+def test_an_append_pool_fails_the_stores_of_a_dead_worker_and_writes_the_others(tmp_path, tiny_trial):
+    with pooled_stores(tmp_path, tiny_trial, 4) as (pool, paths, writers):
+        pool.processes[0].kill()  # owns stores 0 and 2
+        pool.processes[0].wait()
+        steps = np.arange(4)
+        for writer in writers:
+            writer.append("step", steps, steps * 32, {"loss": steps.astype(np.float32)})
+
+        failed = pool.run()
+
+    assert sorted(failed) == [str(paths[0]), str(paths[2])]
+    assert "exited with" in str(failed[str(paths[0])])
+    for i in (1, 3):
+        assert open_store(paths[i]).loss.values.tolist() == [0.0, 1.0, 2.0, 3.0]
 
 
 def test_checkpoint_path_sits_beside_the_store():
@@ -183,25 +206,3 @@ def corrupt_stores(tmp_path) -> dict[str, Path]:
 @pytest.mark.parametrize("case", ["missing", "empty", "file", "bad_json", "torn", "array", "no_node_type"])
 def test_is_complete_is_false_for_a_missing_or_corrupt_store(tmp_path, case):
     assert is_complete(corrupt_stores(tmp_path)[case]) is False
-
-
-def test_an_append_pool_fails_the_stores_of_a_dead_worker_and_writes_the_others(tmp_path, tiny_trial):
-    config = compose_trial([*tiny_trial, "stats=[loss]"])
-    paths = [tmp_path / f"t{i}.zarr" for i in range(4)]
-    pool = AppendPool(workers=2)
-    try:
-        writers = [pool.writer(StoreWriter.create(path, config)) for path in paths]
-        pool.processes[0].kill()  # owns stores 0 and 2
-        pool.processes[0].wait()
-        steps = np.arange(4)
-        for writer in writers:
-            writer.append("step", steps, steps * 32, {"loss": steps.astype(np.float32)})
-
-        failed = pool.run()
-    finally:
-        pool.close()
-
-    assert sorted(failed) == [str(paths[0]), str(paths[2])]
-    assert "exited with" in str(failed[str(paths[0])])
-    for i in (1, 3):
-        assert open_store(paths[i]).loss.values.tolist() == [0.0, 1.0, 2.0, 3.0]
