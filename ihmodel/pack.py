@@ -117,7 +117,7 @@ def stacked(batches: list) -> list[Tensor]:
 
 
 class Pack:
-    """The runner `train_loop` drives for K members at the same step (see run_pack)."""
+    """The runner `schedule` drives for K members at the same step (see run_pack)."""
 
     def __init__(self, members: list[Member], template: Transformer, device, pool: AppendPool | None = None):
         """`pool`: worker processes that write the members' stores (run_pack makes one on CUDA)."""
@@ -145,7 +145,7 @@ class Pack:
         self.stream = TrainingStream(Distribution.stack([m.task.train_distribution for m in self.members]),
                                      [m.config.data_seed for m in self.members], self.train.batch_size,
                                      config.data.burstiness, self.members[0].task.features)
-        self.stats = StepStats(template, config.stats, self.train.flush_every, device, trials=(len(self.members),))
+        self.stats = StepStats(template, config.stats, self.train.flush_every)
         self.evaluations = [PackEvaluation(clamps, self.functional, config) for _, clamps in self.groups]
         self.pool = pool
         if pool:
@@ -159,7 +159,7 @@ class Pack:
             for evaluation in self.evaluations:
                 evaluation.chunk = compiled(evaluation.vmapped_chunk, device)
 
-    # ---- the runner interface (train_loop) -------------------------------------------------------------------
+    # ---- the runner interface (ihmodel.train.schedule) -----------------------------------------------------------
     @property
     def live(self) -> bool:
         return any(m.live for m in self.members)
@@ -195,11 +195,12 @@ class Pack:
                     member.error = failed[member.store.writer.path]
         return rows
 
-    def checkpoint(self):
-        self.flush()
+    def checkpoint(self) -> dict:
+        rows = self.flush()
         for k, member in enumerate(self.members):
             self._guarded(member, lambda: member.store.save(
                 self.step, self.params.state_dict(k), self.adam.state_dict(k), model_shape(self.template)))
+        return rows
 
     def finish(self):
         for member in self.members:
@@ -394,7 +395,7 @@ def measure_steps(pack: Pack, steps: int = 5) -> float:
     start = time.perf_counter()
     for _ in range(steps):
         pack.train_step()
-        pack.stats.rows = 0
+        pack.stats.discard()
     sync(pack.device)
     return steps * pack.train.batch_size * len(pack.members) / (time.perf_counter() - start)
 

@@ -6,6 +6,7 @@ any xarray reads it; rows are then appended with zarr in whole blocks as trainin
 """
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import warnings
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 import zarr
+from zarr.core.sync import sync
 
 from ihmodel.config import EVALUATORS, TrialConfig, to_yaml, trial_id
 
@@ -167,10 +169,19 @@ class StoreWriter:
         start = self.length(dim)
         stop = start + len(index)
         coord_name = "sequences" if dim == "step" else "eval_sequences"
-        for name, values in {dim: index, coord_name: extra_coord, **rows}.items():
-            array = self.arrays[name]
-            array.resize((stop,) + array.shape[1:])
-            array[start:stop] = values
+
+        async def grow_and_write(array: zarr.AsyncArray, values: np.ndarray):
+            await array.resize((stop,) + array.shape[1:])
+            await array.setitem(slice(start, stop), values)
+
+        async def append_all():
+            columns = {dim: index, coord_name: extra_coord, **rows}
+            await asyncio.gather(*(grow_and_write(self.arrays[name].async_array, values)
+                                   for name, values in columns.items()))
+
+        # One trip to zarr's event loop for every array of the block: each synchronous resize or write is a trip
+        # of its own (a flush of 9 arrays 18 -> 14.5 ms).
+        sync(append_all())
 
     def truncate(self, n_steps: int, n_evals: int):
         """Drop rows written after the checkpoint being resumed from, so a resumed run appends where it left."""

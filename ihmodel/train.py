@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -110,7 +111,7 @@ def records_eval(config: TrialConfig) -> bool:
 
 
 class Trial:
-    """Everything one trial holds while it trains (the runner `train_loop` drives)."""
+    """Everything one trial holds while it trains (the runner `schedule` drives)."""
 
     live = True  # a failing trial raises instead
 
@@ -127,7 +128,7 @@ class Trial:
         self.evaluation = Evaluation(self.clamps, self.task.evaluators(config.eval, config.eval_seed), induction_set,
                                      self.task.all_train_sequences() if induction_set == "all_train" else None,
                                      config.eval.batch_size)
-        self.stats = StepStats(self.model, config.stats, train.flush_every, self.device)
+        self.stats = StepStats(self.model, config.stats, train.flush_every)
         self.stream = self.task.training_stream(config.data_seed, train.batch_size)
         self.forward = self.forward_loss_stats
         if train.compiled:
@@ -173,9 +174,11 @@ class Trial:
         self.store.write(self.step, rows)
         return rows
 
-    def checkpoint(self):
-        self.flush()
+    def checkpoint(self) -> dict:
+        """Flush, then save the checkpoint; returns the step rows written."""
+        rows = self.flush()
         self.store.save(self.step, self.model.state_dict(), self.optimizer.state_dict(), model_shape(self.model))
+        return rows
 
     def finish(self):
         self.store.complete()
@@ -204,15 +207,12 @@ def run_trial(config: TrialConfig, store_path: str | Path | None = None, progres
     return store_path
 
 
-def train_loop(runner, train: TrainConfig, trials: int, desc: str, progress: bool | None):
-    """The schedule every runner follows (one trial, or a pack of `trials` as one): evaluate at 0, every
-    `eval_every` sequences and at the end; checkpoint every `checkpoint_every` and at the end; flush statistics
-    when the device buffer is full; mark complete last. A runner stops early when `runner.live` turns false."""
+def schedule(runner, train: TrainConfig) -> Iterator[dict]:
+    """The schedule every runner follows (one trial, or a pack as one): evaluate at 0, every `eval_every` sequences
+    and at the end; checkpoint every `checkpoint_every` and at the end; flush statistics when `flush_every` steps
+    are waiting; mark complete last. Yields after each optimizer step the step rows written by it ({} but at a
+    flush). A runner stops early when `runner.live` turns false."""
     total = train.steps
-    # progress None: a bar only when stderr is a terminal (tqdm's own rule); the loss shown is the last flushed.
-    bar = tqdm(total=total * train.batch_size * trials, initial=runner.step * train.batch_size * trials,
-               unit="seq", unit_scale=True, disable=None if progress is None else not progress, desc=desc,
-               file=sys.stderr, mininterval=1.0, dynamic_ncols=True)
     if runner.last_eval_step is None:
         runner.evaluate()
     while runner.step < total and runner.live:
@@ -220,16 +220,27 @@ def train_loop(runner, train: TrainConfig, trials: int, desc: str, progress: boo
         if crossed(runner.step, train.batch_size, train.eval_every):
             runner.evaluate()
         if crossed(runner.step, train.batch_size, train.checkpoint_every):
-            runner.checkpoint()
+            yield runner.checkpoint()
         elif runner.stats.full:
-            rows = runner.flush()
-            if "loss" in rows:
-                bar.set_postfix(loss=f"{np.nanmean(rows['loss'][-64:]):.3f}", refresh=False)
-        bar.update(train.batch_size * trials)
+            yield runner.flush()
+        else:
+            yield {}
     if runner.live and runner.last_eval_step != total:
         runner.evaluate()
     runner.checkpoint()
     runner.finish()
+
+
+def train_loop(runner, train: TrainConfig, trials: int, desc: str, progress: bool | None):
+    """Run the whole schedule, with a progress bar of sequences/s (`trials` runners' sequences a step)."""
+    # progress None: a bar only when stderr is a terminal (tqdm's own rule); the loss shown is the last written.
+    bar = tqdm(total=train.steps * train.batch_size * trials, initial=runner.step * train.batch_size * trials,
+               unit="seq", unit_scale=True, disable=None if progress is None else not progress, desc=desc,
+               file=sys.stderr, mininterval=1.0, dynamic_ncols=True)
+    for rows in schedule(runner, train):
+        if "loss" in rows:
+            bar.set_postfix(loss=f"{np.nanmean(rows['loss'][-64:]):.3f}", refresh=False)
+        bar.update(train.batch_size * trials)
     bar.close()
 
 

@@ -121,7 +121,7 @@ def test_classification_metrics_by_hand():
 # ---- the per-step buffer ----------------------------------------------------------------------------------------
 
 def test_step_stats_buffer_and_drain(model, task):
-    stats = StepStats(model, list(STAT_NAMES), block=3, device="cpu")
+    stats = StepStats(model, list(STAT_NAMES), block=3)
     clamp_set = ClampSet(ClampConfig(), model)
     losses, patterns = [], []
     for step in range(3):
@@ -149,7 +149,7 @@ def test_step_stats_buffer_and_drain(model, task):
 
 
 def test_step_stats_records_only_the_chosen_names(model, task):
-    stats = StepStats(model, ["acc", "eval"], block=4, device="cpu")
+    stats = StepStats(model, ["acc", "eval"], block=4)
     batch = task.sample_train(8, seed=0)
     logits = ClampSet(ClampConfig(), model).forward(batch, stats.observers)
 
@@ -191,7 +191,7 @@ def test_evaluate_averages_metrics_per_evaluator_whatever_the_batch_size(model, 
 
 
 def test_step_stats_without_step_variables_records_nothing(model, task):
-    stats = StepStats(model, ["eval", "eval_induction_score"], block=2, device="cpu")
+    stats = StepStats(model, ["eval", "eval_induction_score"], block=2)
     batch = task.sample_train(8, seed=0)
     logits = ClampSet(ClampConfig(), model).forward(batch, stats.observers)
 
