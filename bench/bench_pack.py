@@ -4,10 +4,10 @@
 
 For each K: a pack of K trials (seeds 1..K, stores in a temporary directory, created and written as run_pack does:
 by worker processes on CUDA) is compiled and warmed up, then its steady state is timed as a trial runs it: training
-steps with per-step statistics, plus one evaluation and one flush of statistics to the K Zarr stores, amortized at
-the config's eval_every and flush_every. Also printed: the seconds to set the pack up (members, stores), and the
-parts of the steady state. The same is timed
-for one unpacked trial (run_trial's runner). Printed as ratios from this one run (the machine is shared and
+steps with per-step statistics, plus one evaluation and one flush of statistics to the K Zarr stores (as many rows
+as a trial writes at once: at the defaults, a checkpoint interval's 3,125), amortized at the config's intervals.
+Also printed: the seconds to set the pack up (members, stores), and the parts of the steady state. The same is
+timed for one unpacked trial (run_trial's runner). Printed as ratios from this one run (the machine is shared and
 noisy): aggregate rate to K=1 and to the unpacked trial, and the achieved GFLOP/s of the training steps (FLOPs
 counted by torch's FlopCounterMode) against a large float32 matmul measured in the same run.
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import resource
 import tempfile
 import time
@@ -36,8 +37,9 @@ CPU_TARGET_PER_CORE = 1.3
 GPU_TARGET = (1000, 50.0)
 
 
-def steady_state(runner, device, steps: int) -> dict:
-    """Seconds per training step, per evaluation and per flush of a compiled, warmed-up runner."""
+def steady_state(runner, device, steps: int, rows_per_flush: int) -> dict:
+    """Seconds per training step, per evaluation and per flush of `rows_per_flush` rows of a compiled, warmed-up
+    runner."""
     for _ in range(3):  # compile and warm up
         runner.train_step()
     runner.evaluate()
@@ -52,18 +54,30 @@ def steady_state(runner, device, steps: int) -> dict:
     runner.evaluate()
     sync(device)
     eval_s = time.perf_counter() - start
+    # A trial's flush writes a whole interval's rows: the timed steps' rows, repeated to that many (their step
+    # coordinates are wrong, which costs nothing more to write).
+    stats = runner.stats
+    stats.kept = (stats.kept * rows_per_flush)[:rows_per_flush]
+    stats.grad_norms = (stats.grad_norms * rows_per_flush)[:rows_per_flush]
+    stats.rows = rows_per_flush
     start = time.perf_counter()
-    runner.flush()  # one write per store per variable, whatever the rows: its cost is per flush, not per row
+    runner.flush()
     flush_s = time.perf_counter() - start
     return {"step_s": step_s, "eval_s": eval_s, "flush_s": flush_s}
 
 
+def steps_per_flush(config) -> int:
+    """Steps between a trial's writes to its store: flush_every, or the checkpoint interval when that is shorter."""
+    train = config.train
+    return min(train.flush_every, math.ceil(train.checkpoint_every / train.batch_size))
+
+
 def sequences_per_s(times: dict, config, trials: int) -> float:
     """The steady rate of a trial's schedule: a step, plus an evaluation every eval_every sequences and a flush
-    every flush_every steps."""
+    every steps_per_flush steps."""
     train = config.train
     steps_per_eval = train.eval_every / train.batch_size
-    step_s = times["step_s"] + times["eval_s"] / steps_per_eval + times["flush_s"] / train.flush_every
+    step_s = times["step_s"] + times["eval_s"] / steps_per_eval + times["flush_s"] / steps_per_flush(config)
     return trials * train.batch_size / step_s
 
 
@@ -106,7 +120,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         trial = Trial(dataclasses.replace(config, seed=1), Path(tmp) / "alone.zarr")
         trial.start_or_resume()
-        alone = sequences_per_s(steady_state(trial, device, args.steps), config, 1)
+        alone = sequences_per_s(steady_state(trial, device, args.steps, steps_per_flush(config)), config, 1)
         del trial
         print(f"unpacked trial: {alone:9.0f} seq/s")
         features = torch.from_numpy(load_features(config.data)).to(device)
@@ -126,7 +140,7 @@ def main():
                 members = open_members(configs, paths, list(range(k)), features, template, device, pool, [None] * k)
                 setup_s = time.perf_counter() - start
                 pack = Pack(members, template, device, pool)
-                times = steady_state(pack, device, args.steps)
+                times = steady_state(pack, device, args.steps, steps_per_flush(config))
                 rate = sequences_per_s(times, config, k)
                 rate_1 = rate_1 or rate
                 gflops = flops_per_step(pack) / times["step_s"] / 1e9
