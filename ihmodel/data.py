@@ -11,6 +11,7 @@ hold exactly what each trial draws alone.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from itertools import combinations
 
@@ -21,21 +22,18 @@ from torch import Tensor
 from ihmodel import counter_rng
 from ihmodel.config import DataConfig, EvalConfig
 from ihmodel.features import load_features
+from ihmodel.model import TableRows
 
 
 @dataclass
 class Batch:
-    x: Tensor  # [batch, item, d_in] exemplar features; the last item is the query
+    x: Tensor | TableRows  # [batch, item, d_in] exemplar features; the last item is the query
     context_labels: Tensor  # [batch, context_item] label ids of the context items
     query_label: Tensor  # [batch]
     match: Tensor  # [batch, context_item] bool: the item has the query's class (and so its label)
 
     def __len__(self) -> int:
-        return self.x.shape[0]
-
-    def slice(self, start: int, stop: int) -> Batch:
-        return Batch(self.x[start:stop], self.context_labels[start:stop], self.query_label[start:stop],
-                     self.match[start:stop])
+        return len(self.query_label)
 
 
 @dataclass
@@ -45,16 +43,24 @@ class Sequences:
     little memory. `x` gathers the vectors on demand (for one chunk at a time); otherwise used like a Batch."""
 
     table: Tensor  # [rows, d_in] the flattened feature table (shared, never copied)
-    items: Tensor  # [n, item] row of each item in the table
+    items: Tensor  # [n, item] row of each item in the table, or in table[rows] when `rows` is given
     noise: Tensor | None  # [n, item, d_in] within-class noise drawn for these sequences (data.noise > 0)
     context_labels: Tensor
     query_label: Tensor
     match: Tensor
+    rows: Tensor | None = None  # [distinct] the table rows the items use (on_distinct_rows)
 
     @property
     def x(self) -> Tensor:
-        x = self.table.index_select(0, self.items.reshape(-1)).view(*self.items.shape, self.table.shape[1])
+        exemplars = self.exemplars()
+        x = exemplars.table.index_select(0, self.items.reshape(-1)).view(*self.items.shape, self.table.shape[1])
         return x if self.noise is None else x + self.noise
+
+    def exemplars(self) -> TableRows:
+        """The exemplars as the model takes them without copying each item's features: the rows they use (all of
+        the table, unless `rows` says which) and which row each item is."""
+        table = self.table if self.rows is None else self.table.index_select(0, self.rows)
+        return TableRows(table, self.items, self.noise)
 
     def __len__(self) -> int:
         return self.items.shape[0]
@@ -69,7 +75,20 @@ class Sequences:
     def __getitem__(self, index: int | slice) -> Sequences:
         """Every field but the shared table indexed along the leading axis."""
         return Sequences(self.table, self.items[index], None if self.noise is None else self.noise[index],
-                         self.context_labels[index], self.query_label[index], self.match[index])
+                         self.context_labels[index], self.query_label[index], self.match[index], self.rows)
+
+
+def on_distinct_rows(sets: dict[str, Sequences]) -> dict[str, Sequences]:
+    """The same sets, their items re-indexed into the table rows any of them uses (sorted, each once): a model
+    embeds those rows once and gathers (TableRows). The paper's four evaluation sets, 12,000 items, use 350 rows."""
+    if not sets:
+        return {}
+    items = [s.items.reshape(-1) for s in sets.values()]
+    rows, index = torch.unique(torch.cat(items), return_inverse=True)
+    out = {}
+    for (name, s), part in zip(sets.items(), index.split([len(i) for i in items])):
+        out[name] = dataclasses.replace(s, items=part.view_as(s.items), rows=rows)
+    return out
 
 
 UNIT = 1 << counter_rng.UNIT_BITS  # class weights are integers summing to UNIT: draws compare exactly

@@ -31,7 +31,7 @@ from ihmodel.append_pool import AppendPool
 from ihmodel.checkpoint import model_shape
 from ihmodel.clamp import ClampSet
 from ihmodel.config import TrialConfig, result_defining, to_dict
-from ihmodel.data import Batch, Distribution, Sequences, Task, TrainingStream
+from ihmodel.data import Batch, Distribution, Sequences, Task, TrainingStream, on_distinct_rows
 from ihmodel.features import load_features
 from ihmodel.model import Transformer
 from ihmodel.stacked import StackedAdam, StackedParameters
@@ -72,6 +72,7 @@ class Member:
         self.evaluators = self.task.evaluators(config.eval, config.eval_seed)
         if config.eval.induction_set == "all_train":
             self.evaluators = self.evaluators | {"all_train": self.task.all_train_sequences()}
+        self.evaluators = on_distinct_rows(self.evaluators)
         self.initial = Transformer(config.model, self.task.d_in, config.data.n_labels, self.task.n_ctx,
                                    seed=config.seed).state_dict()
         self.store: TrialStore | None = None
@@ -108,14 +109,6 @@ class _Functional(nn.Module):
         return vmap(one)
 
 
-BATCH_FIELDS = ("x", "context_labels", "query_label", "match")
-
-
-def stacked(batches: list) -> list[Tensor]:
-    """Batches (or Sequences) of several trials -> each field stacked along a leading trial axis."""
-    return [torch.stack([getattr(b, field) for b in batches]) for field in BATCH_FIELDS]
-
-
 class Pack:
     """The runner `schedule` drives for K members at the same step (see run_pack)."""
 
@@ -146,7 +139,8 @@ class Pack:
                                      [m.config.data_seed for m in self.members], self.train.batch_size,
                                      config.data.burstiness, self.members[0].task.features)
         self.stats = StepStats(template, config.stats, self.train.flush_every)
-        self.evaluations = [PackEvaluation(clamps, self.functional, config) for _, clamps in self.groups]
+        table_rows = max(len(next(iter(m.evaluators.values())).rows) for m in self.members)
+        self.evaluations = [PackEvaluation(clamps, self.functional, config, table_rows) for _, clamps in self.groups]
         self.pool = pool
         if pool:
             for member in self.members:
@@ -251,12 +245,15 @@ class Pack:
 class PackEvaluation(Evaluation):
     """Evaluation (same metrics, same chunks per trial) for several trials of one clamp set at once."""
 
-    def __init__(self, clamps: ClampSet, functional: _Functional, config: TrialConfig):
+    def __init__(self, clamps: ClampSet, functional: _Functional, config: TrialConfig, table_rows: int):
+        """`table_rows`: the most distinct feature rows any trial's evaluation sets use (Member.evaluators)."""
         super().__init__(clamps, {}, config.eval.induction_set, None, config.eval.batch_size)
+        self.table_rows = table_rows
         # eval.batch_size bounds the sequences of one forward: a pack splits it between trials
         self.trials_per_chunk = max(1, config.eval.batch_size // min(config.eval.size, config.eval.batch_size))
         self.vmapped_chunk = functional.per_trial(self.chunk_sums)
-        self.chunk = self.vmapped_chunk  # (params, x, ...) -> (metrics [trial, 5], induction [trial, layer, head])
+        # (params, table, items, ...) -> (metrics [trial, 5], induction [trial, layer, head])
+        self.chunk = self.vmapped_chunk
         self.params: dict[str, Tensor] = {}
 
     def run(self, params: dict[str, Tensor], members: list[Member]) -> dict[str, Tensor]:
@@ -272,10 +269,18 @@ class PackEvaluation(Evaluation):
     def sums(self, data: list[Sequences]) -> tuple[Tensor, Tensor]:
         n = len(data[0])
         step = min(n, self.batch_size)
+        # each trial's distinct rows, padded with rows never indexed to the pack's widest: one shape for all
+        tables = [d.exemplars().table for d in data]
+        tables = torch.stack([F.pad(t, (0, 0, 0, self.table_rows - len(t))) for t in tables])
+        noisy = any(d.noise is not None for d in data)  # a noiseless trial beside noisy ones adds zeros
         metrics, induction = 0.0, 0.0
         for start in range(0, n, step):
-            tensors = stacked([d.slice(start, start + step) for d in data])
-            chunk_metrics, chunk_induction = self.chunk(self.params, *tensors)
+            chunks = [d.slice(start, start + step) for d in data]
+            tensors = [torch.stack([getattr(c, field) for c in chunks])
+                       for field in ("items", "context_labels", "query_label", "match")]
+            noise = [torch.stack([tables.new_zeros(*c.items.shape, tables.shape[-1]) if c.noise is None else c.noise
+                                  for c in chunks])] if noisy else []
+            chunk_metrics, chunk_induction = self.chunk(self.params, tables, *tensors, *noise)
             metrics, induction = metrics + chunk_metrics, induction + chunk_induction
         return metrics / n, induction / n
 

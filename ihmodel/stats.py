@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ihmodel.data import Batch
-from ihmodel.model import Keep, Transformer
+from ihmodel.data import Batch, Sequences, on_distinct_rows
+from ihmodel.model import Keep, TableRows, Transformer
 from ihmodel.store import STEP_VARIABLES
 
 HEAD_STATS = ("prev_token_score", "induction_score", "pattern_entropy", "head_out_norm")
@@ -162,27 +162,33 @@ class Evaluation:
     set costs nothing more when it is one of the evaluators (the default, fsl_train). `chunk` is the unit a
     compiled trial compiles. Results stay on the device."""
 
-    def __init__(self, clamps, evaluators: dict[str, Batch], induction_set: str, all_train: Batch | None,
+    def __init__(self, clamps, evaluators: dict[str, Sequences], induction_set: str, all_train: Sequences | None,
                  batch_size: int):
-        self.clamps, self.evaluators, self.batch_size = clamps, evaluators, batch_size
+        self.clamps, self.batch_size = clamps, batch_size
         self.induction_set = induction_set
-        self.all_train = all_train  # the exhaustive set, when induction_set == "all_train"
+        sets = on_distinct_rows(evaluators | ({"all_train": all_train} if all_train is not None else {}))
+        self.all_train = sets.pop("all_train", None)  # the exhaustive set, when induction_set == "all_train"
+        self.evaluators = sets
         self.collector = Collector(clamps.model, need_z=False)
         self.chunk = self.chunk_sums
 
     @torch.no_grad()
-    def chunk_sums(self, x: Tensor, context_labels: Tensor, query_label: Tensor, match: Tensor):
+    def chunk_sums(self, table: Tensor, items: Tensor, context_labels: Tensor, query_label: Tensor, match: Tensor,
+                   noise: Tensor | None = None):
         """Sums over one chunk: the 5 classification metrics and the induction score [layer, head]."""
-        batch = Batch(x, context_labels, query_label, match)
+        batch = Batch(TableRows(table, items, noise), context_labels, query_label, match)
         logits = self.clamps.forward(batch, self.collector.hooks)
         induction = induction_score(self.collector.take()[0], match) * len(batch)
         return classification_metrics(logits, batch).sum(dim=0), induction
 
-    def sums(self, data: Batch) -> tuple[Tensor, Tensor]:
+    def sums(self, data: Sequences) -> tuple[Tensor, Tensor]:
         metrics, induction = 0.0, 0.0
+        table = data.exemplars().table  # the set's distinct rows, gathered once for all its chunks
         for start in range(0, len(data), self.batch_size):
             chunk = data.slice(start, start + self.batch_size)
-            chunk_metrics, chunk_induction = self.chunk(chunk.x, chunk.context_labels, chunk.query_label, chunk.match)
+            noise = [] if chunk.noise is None else [chunk.noise]
+            chunk_metrics, chunk_induction = self.chunk(table, chunk.items, chunk.context_labels, chunk.query_label,
+                                                        chunk.match, *noise)
             metrics, induction = metrics + chunk_metrics, induction + chunk_induction
         return metrics / len(data), induction / len(data)
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ihmodel.config import DataConfig, EvalConfig, TrialConfig
-from ihmodel.data import Distribution, Task, TrainingStream, label_pairs
+from ihmodel.data import Distribution, Task, TrainingStream, label_pairs, on_distinct_rows
 from ihmodel.store import EVALUATORS
 
 CPU = torch.device("cpu")
@@ -413,3 +413,18 @@ def test_best_context_free_loss_is_the_label_marginal_entropy_just_below_ln_L(ta
     assert math.log(5) - 0.01 < entropy <= math.log(5)
     marginal_loss = F.cross_entropy(marginal.log().float().expand(20000, -1), batch.query_label).item()
     assert marginal_loss == pytest.approx(entropy, abs=0.01)
+
+
+def test_sets_on_their_distinct_rows_hold_the_same_sequences(task):
+    sets = task.evaluators(EvalConfig(size=200), seed=1)
+
+    compact = on_distinct_rows(sets)
+
+    rows = compact["fsl_train"].rows
+    assert torch.equal(rows, torch.unique(torch.cat([s.items.reshape(-1) for s in sets.values()])))
+    for name, seqs in sets.items():
+        assert compact[name].rows is rows  # one table of rows for every set
+        assert torch.equal(compact[name].x, seqs.x)
+        assert torch.equal(compact[name][10:20].x, seqs[10:20].x)
+        exemplars = compact[name].exemplars()
+        assert exemplars.table.shape == (len(rows), task.d_in) and torch.equal(exemplars.index, compact[name].items)

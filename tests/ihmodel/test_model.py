@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ihmodel.config import ModelConfig
-from ihmodel.model import TRUNCATED_STD_CORRECTION, Transformer
+from ihmodel.model import TRUNCATED_STD_CORRECTION, TableRows, Transformer
 
 B, POS, D, H, DH, V = 6, 5, 16, 4, 4, 5  # the fixtures: batch, tokens, d_model, heads, d_head, labels
 
@@ -325,3 +325,18 @@ def test_attention_has_no_biases(paper_model):
     for block in paper_model.blocks:
         assert block.attn.W_QKV.bias is None and block.attn.W_O.bias is None
         assert block.attn.W_QKV.weight.shape == (192, 64) and block.attn.W_O.weight.shape == (64, 64)
+
+
+# ---- exemplars as table rows ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("noisy", [False, True])
+def test_exemplars_given_as_table_rows_give_what_their_gathered_features_give(model, task, noisy):
+    generator = torch.Generator().manual_seed(0)
+    table = torch.rand(7, task.d_in, generator=generator)
+    index = torch.randint(0, 7, (B, 3), generator=generator)
+    noise = 0.1 * torch.randn(B, 3, task.d_in, generator=generator) if noisy else None
+    dense = table[index] + (0 if noise is None else noise)
+    labels = torch.randint(0, V, (B, 2), generator=generator)
+
+    torch.testing.assert_close(model.embed_exemplars(TableRows(table, index, noise)), model.embed_exemplars(dense))
+    torch.testing.assert_close(model(TableRows(table, index, noise), labels), model(dense, labels))
