@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import resource
 import tempfile
 import time
@@ -66,18 +65,12 @@ def steady_state(runner, device, steps: int, rows_per_flush: int) -> dict:
     return {"step_s": step_s, "eval_s": eval_s, "flush_s": flush_s}
 
 
-def steps_per_flush(config) -> int:
-    """Steps between a trial's writes to its store: flush_every, or the checkpoint interval when that is shorter."""
-    train = config.train
-    return min(train.flush_every, math.ceil(train.checkpoint_every / train.batch_size))
-
-
 def sequences_per_s(times: dict, config, trials: int) -> float:
     """The steady rate of a trial's schedule: a step, plus an evaluation every eval_every sequences and a flush
-    every steps_per_flush steps."""
+    every train.steps_per_write steps."""
     train = config.train
     steps_per_eval = train.eval_every / train.batch_size
-    step_s = times["step_s"] + times["eval_s"] / steps_per_eval + times["flush_s"] / steps_per_flush(config)
+    step_s = times["step_s"] + times["eval_s"] / steps_per_eval + times["flush_s"] / train.steps_per_write
     return trials * train.batch_size / step_s
 
 
@@ -120,7 +113,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         trial = Trial(dataclasses.replace(config, seed=1), Path(tmp) / "alone.zarr")
         trial.start_or_resume()
-        alone = sequences_per_s(steady_state(trial, device, args.steps, steps_per_flush(config)), config, 1)
+        alone = sequences_per_s(steady_state(trial, device, args.steps, config.train.steps_per_write), config, 1)
         del trial
         print(f"unpacked trial: {alone:9.0f} seq/s")
         features = torch.from_numpy(load_features(config.data)).to(device)
@@ -140,7 +133,7 @@ def main():
                 members = open_members(configs, paths, list(range(k)), features, template, device, pool, [None] * k)
                 setup_s = time.perf_counter() - start
                 pack = Pack(members, template, device, pool)
-                times = steady_state(pack, device, args.steps, steps_per_flush(config))
+                times = steady_state(pack, device, args.steps, config.train.steps_per_write)
                 rate = sequences_per_s(times, config, k)
                 rate_1 = rate_1 or rate
                 gflops = flops_per_step(pack) / times["step_s"] / 1e9

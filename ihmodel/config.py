@@ -106,6 +106,12 @@ class TrainConfig:
         return -(-self.sequences // self.batch_size)
 
     @property
+    def steps_per_write(self) -> int:
+        """Steps between writes to the store: flush_every, or a checkpoint's interval when that is shorter (every
+        checkpoint writes). The step chunk of a store, so that a write fills a chunk rather than rewriting one."""
+        return min(self.flush_every, -(-self.checkpoint_every // self.batch_size))
+
+    @property
     def compiled(self) -> bool:
         """Compiling costs seconds (minutes on a cold cache) and saves about half of each step's time, so by
         default only trials of at least COMPILE_MIN_STEPS steps compile."""

@@ -129,7 +129,7 @@ class StoreWriter:
     @classmethod
     def create(cls, path: str | Path, config: TrialConfig) -> StoreWriter:
         n_layers, n_heads = config.model.n_layers, config.model.n_heads
-        chunk = config.train.flush_every
+        chunk = config.train.steps_per_write
         sizes = {"step": 0, "eval_step": 0, "layer": n_layers, "head": n_heads, "evaluator": len(EVALUATORS)}
         data_vars = {}
         for name in recorded_variables(config):

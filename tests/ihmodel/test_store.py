@@ -121,6 +121,17 @@ def test_eval_switch_records_the_five_evaluator_metrics(tmp_path, tiny_trial):
         "eval_loss", "eval_acc", "eval_icl_acc", "eval_icl_prob", "eval_context_prob"}
 
 
+@pytest.mark.parametrize("flush_every, expected", [(4096, 3125), (1000, 1000)])
+def test_a_store_chunks_steps_by_the_rows_of_one_write(tmp_path, flush_every, expected):
+    """Every checkpoint writes, so a write holds flush_every steps or a checkpoint's interval, whichever is less."""
+    config = compose_trial([f"train.flush_every={flush_every}"])  # checkpoints every 100,000 / 32 = 3,125 steps
+    writer = StoreWriter.create(tmp_path / "t.zarr", config)
+
+    assert config.train.steps_per_write == expected
+    assert writer.arrays["loss"].chunks == (expected,)
+    assert writer.arrays["prev_token_score"].chunks == (expected, 2, 8)
+
+
 def test_append_and_truncate(tmp_path, tiny_trial):
     config = compose_trial([*tiny_trial, "stats=[loss,prev_token_score]"])
     path = tmp_path / "trial.zarr"
