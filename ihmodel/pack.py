@@ -139,8 +139,11 @@ class Pack:
                                      [m.config.data_seed for m in self.members], self.train.batch_size,
                                      config.data.burstiness, self.members[0].task.features)
         self.stats = StepStats(template, config.stats, self.train.flush_every)
-        table_rows = max(len(next(iter(m.evaluators.values())).rows) for m in self.members)
-        self.evaluations = [PackEvaluation(clamps, self.functional, config, table_rows) for _, clamps in self.groups]
+        # each trial's distinct evaluation rows (all its sets share them), padded to the widest with row 0 (no item
+        # indexes the padding): [K, rows], gathered once per evaluation rather than once per trial and set
+        rows = [next(iter(m.evaluators.values())).rows for m in self.members]
+        self.eval_rows = torch.stack([F.pad(r, (0, max(map(len, rows)) - len(r))) for r in rows])
+        self.evaluations = [PackEvaluation(clamps, self.functional, config) for _, clamps in self.groups]
         self.pool = pool
         if pool:
             for member in self.members:
@@ -237,7 +240,8 @@ class Pack:
         for (part, _), evaluation in zip(self.groups, self.evaluations):
             for start in range(part.start, part.stop, evaluation.trials_per_chunk):
                 chunk = slice(start, min(start + evaluation.trials_per_chunk, part.stop))
-                result = evaluation.run({n: v[chunk] for n, v in params.items()}, self.members[chunk])
+                result = evaluation.run({n: v[chunk] for n, v in params.items()}, self.members[chunk],
+                                        self.eval_rows[chunk])
                 rows += [{name: value[i] for name, value in result.items()} for i in range(chunk.stop - chunk.start)]
         return rows
 
@@ -245,33 +249,32 @@ class Pack:
 class PackEvaluation(Evaluation):
     """Evaluation (same metrics, same chunks per trial) for several trials of one clamp set at once."""
 
-    def __init__(self, clamps: ClampSet, functional: _Functional, config: TrialConfig, table_rows: int):
-        """`table_rows`: the most distinct feature rows any trial's evaluation sets use (Member.evaluators)."""
+    def __init__(self, clamps: ClampSet, functional: _Functional, config: TrialConfig):
         super().__init__(clamps, {}, config.eval.induction_set, None, config.eval.batch_size)
-        self.table_rows = table_rows
         # eval.batch_size bounds the sequences of one forward: a pack splits it between trials
         self.trials_per_chunk = max(1, config.eval.batch_size // min(config.eval.size, config.eval.batch_size))
         self.vmapped_chunk = functional.per_trial(self.chunk_sums)
         # (params, table, items, ...) -> (metrics [trial, 5], induction [trial, layer, head])
         self.chunk = self.vmapped_chunk
         self.params: dict[str, Tensor] = {}
+        self.tables: Tensor | None = None
 
-    def run(self, params: dict[str, Tensor], members: list[Member]) -> dict[str, Tensor]:
+    def run(self, params: dict[str, Tensor], members: list[Member], rows: Tensor) -> dict[str, Tensor]:
+        """`rows` [trial, rows]: each trial's distinct evaluation rows (Pack.eval_rows)."""
         self.params = params
+        self.tables = next(iter(members[0].evaluators.values())).table[rows]  # [trial, rows, d_in]
         self.evaluators = {name: [m.evaluators[name] for m in members] for name in members[0].evaluators
                            if name != "all_train"}
         self.all_train = [m.evaluators["all_train"] for m in members] if self.induction_set == "all_train" else None
         try:
             return self()
         finally:
-            self.params, self.evaluators, self.all_train = {}, {}, None
+            self.params, self.evaluators, self.all_train, self.tables = {}, {}, None, None
 
     def sums(self, data: list[Sequences]) -> tuple[Tensor, Tensor]:
         n = len(data[0])
         step = min(n, self.batch_size)
-        # each trial's distinct rows, padded with rows never indexed to the pack's widest: one shape for all
-        tables = [d.exemplars().table for d in data]
-        tables = torch.stack([F.pad(t, (0, 0, 0, self.table_rows - len(t))) for t in tables])
+        tables = self.tables
         noisy = any(d.noise is not None for d in data)  # a noiseless trial beside noisy ones adds zeros
         metrics, induction = 0.0, 0.0
         for start in range(0, n, step):
