@@ -257,24 +257,26 @@ class PackEvaluation(Evaluation):
         # (params, table, items, ...) -> (metrics [trial, 5], induction [trial, layer, head])
         self.chunk = self.vmapped_chunk
         self.params: dict[str, Tensor] = {}
-        self.tables: Tensor | None = None
+        self.rows: Tensor | None = None
 
     def run(self, params: dict[str, Tensor], members: list[Member], rows: Tensor) -> dict[str, Tensor]:
         """`rows` [trial, rows]: each trial's distinct evaluation rows (Pack.eval_rows)."""
-        self.params = params
-        self.tables = next(iter(members[0].evaluators.values())).table[rows]  # [trial, rows, d_in]
+        self.params, self.rows = params, rows
         self.evaluators = {name: [m.evaluators[name] for m in members] for name in members[0].evaluators
                            if name != "all_train"}
         self.all_train = [m.evaluators["all_train"] for m in members] if self.induction_set == "all_train" else None
         try:
             return self()
         finally:
-            self.params, self.evaluators, self.all_train, self.tables = {}, {}, None, None
+            self.params, self.evaluators, self.all_train, self.rows = {}, {}, None, None
 
-    def sums(self, data: list[Sequences]) -> tuple[Tensor, Tensor]:
+    def distinct_rows(self) -> Tensor:
+        """[trial, rows, d_in]: each trial's distinct rows, padded alike, in one gather."""
+        return next(iter(self.evaluators.values()))[0].table[self.rows]
+
+    def sums(self, data: list[Sequences], tables: Tensor) -> tuple[Tensor, Tensor]:
         n = len(data[0])
         step = min(n, self.batch_size)
-        tables = self.tables
         noisy = any(d.noise is not None for d in data)  # a noiseless trial beside noisy ones adds zeros
         metrics, induction = 0.0, 0.0
         for start in range(0, n, step):

@@ -181,9 +181,13 @@ class Evaluation:
         induction = induction_score(self.collector.take()[0], match) * len(batch)
         return classification_metrics(logits, batch).sum(dim=0), induction
 
-    def sums(self, data: Sequences) -> tuple[Tensor, Tensor]:
+    def distinct_rows(self) -> Tensor:
+        """The features of the table rows the evaluation sets use, each once: every set shares them
+        (on_distinct_rows), so they are gathered once per evaluation."""
+        return next(iter(self.evaluators.values())).exemplars().table
+
+    def sums(self, data: Sequences, table: Tensor) -> tuple[Tensor, Tensor]:
         metrics, induction = 0.0, 0.0
-        table = data.exemplars().table  # the set's distinct rows, gathered once for all its chunks
         for start in range(0, len(data), self.batch_size):
             chunk = data.slice(start, start + self.batch_size)
             noise = [] if chunk.noise is None else [chunk.noise]
@@ -194,12 +198,13 @@ class Evaluation:
 
     def __call__(self) -> dict[str, Tensor]:
         metrics, induction = {}, None
+        table = self.distinct_rows()
         for name, data in self.evaluators.items():
-            metrics[name], chunk_induction = self.sums(data)
+            metrics[name], chunk_induction = self.sums(data, table)
             if name == self.induction_set:
                 induction = chunk_induction
         if induction is None:
-            induction = self.sums(self.all_train)[1]
+            induction = self.sums(self.all_train, table)[1]
         stacked = torch.stack([metrics[name] for name in self.evaluators], dim=-1)  # [(trial,) 5, evaluator]
         names = ("eval_loss", "eval_acc", "eval_icl_acc", "eval_icl_prob", "eval_context_prob")
         return dict(zip(names, stacked.unbind(-2))) | {"eval_induction_score": induction}
