@@ -3,12 +3,13 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 
 from ihmodel.compose import compose_trial
 from ihmodel.config import ClampConfig, InterventionConfig
 from ihmodel.store import checkpoint_path
-from ihmodel.train import run_trial
+from ihmodel.train import compiled, run_trial
 
 TINY = ["train.sequences=640", "train.eval_every=320", "train.checkpoint_every=320", "train.flush_every=8",
         "eval.size=32", "data.n_train_classes=10"]
@@ -39,3 +40,21 @@ def test_default_compiles_only_long_trials():
     assert compose_trial(["train.sequences=1000000"]).train.compiled
     assert not compose_trial(["train.sequences=20000"]).train.compiled
     assert not compose_trial(["train.sequences=1000000", "train.compile=false"]).train.compiled
+
+
+def test_compiled_functions_keep_compiling_new_configs_past_torchs_default_limit():
+    """A reused Ray actor trains trial after trial in one process, each distinct config adding a compiled entry:
+    past torch's default of 8 a function would silently run eagerly, about 3x slower, for every later trial."""
+    class Config:
+        name = ""
+
+    config = Config()
+
+    def step(x):
+        return x * 2 if config.name else x  # guarded on the name's value, as a trial's forward is on its config
+
+    fn = compiled(step, torch.device("cpu"))
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):  # an error rather than a silent fallback
+        for i in range(12):
+            config.name = f"config {i}"
+            assert torch.equal(fn(torch.ones(3)), torch.full((3,), 2.0))
