@@ -187,7 +187,7 @@ class Trial:
 # Trial configs one process can train in turn at compiled speed. A process often trains many trials (a Ray actor
 # is reused from pack to pack): each distinct config (clamp set, data properties, ...) adds one compiled entry to
 # each compiled function, while seeds of one config share it. Past torch's default of 8 entries a function runs
-# eagerly for the rest of the process, silently: about 3x slower steps. 256 is torch's own cap per function.
+# eagerly for the rest of the process, silently: about 3x slower steps.
 COMPILED_CONFIGS = 256
 
 
@@ -195,8 +195,11 @@ def compiled(fn, device: torch.device):
     """torch.compile; on CPU with inductor's C++ wrapper: the generated code that allocates buffers and calls the
     kernels runs as C++ rather than Python (at these sizes, about 5 % of a training step). Not yet measured on
     CUDA, where CUDA graphs are the usual answer to launch overhead, so CUDA keeps the default."""
-    # (cache_size_limit: the name every torch this package accepts knows; newer ones call it recompile_limit)
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, COMPILED_CONFIGS)
+    # (per function, and per function over its life: the names every torch this package accepts knows; newer
+    # ones call them recompile_limit and accumulated_recompile_limit)
+    config = torch._dynamo.config
+    config.cache_size_limit = max(config.cache_size_limit, COMPILED_CONFIGS)
+    config.accumulated_cache_size_limit = max(config.accumulated_cache_size_limit, COMPILED_CONFIGS)
     return torch.compile(fn, options={"cpp_wrapper": device.type == "cpu"})
 
 
