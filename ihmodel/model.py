@@ -103,11 +103,14 @@ class Attention(nn.Module):
         # d_head 8, batch-first loops ran scalar over the tiny last axes; batch-last, the compiled kernels run
         # vector-wide over the batch (3x faster attention on CPU). Per-head products are broadcast
         # multiply-and-sum rather than batched matmuls (one tiny GEMM per batch x head), which compile into
-        # single loops.
+        # single loops. The residual stream stays [batch, pos, d_model]: the projections in and out take it as
+        # position-major rows ([pos * batch, d_model], d_model contiguous) and let the matmul transpose. Moving
+        # d_model to the front instead made the layer norm and residual add around every attention read one
+        # layout and write the other, which compiled into scalar loops (a fifth of an evaluation).
         batch, pos, _ = x.shape
         cfg = self.cfg
-        x_t = x.permute(2, 1, 0).reshape(cfg.d_model, pos * batch)
-        qkv = (self.W_QKV.weight @ x_t).view(3, cfg.n_heads, cfg.d_head, pos, batch)
+        rows = x.transpose(0, 1).reshape(pos * batch, cfg.d_model)
+        qkv = (self.W_QKV.weight @ rows.T).view(3, cfg.n_heads, cfg.d_head, pos, batch)
         q, k, v = (batch_last(hook, t, 3, 2, 0, 1) for hook, t in zip((self.hook_q, self.hook_k, self.hook_v),
                                                                      qkv.unbind(0)))  # [head, d_head, pos, batch]
         if cfg.positional == "rope":
@@ -124,8 +127,8 @@ class Attention(nn.Module):
         if cfg.use_hook_result:
             W_O = self.W_O.weight.T.reshape(cfg.n_heads, cfg.d_head, cfg.d_model)
             return self.hook_result(torch.einsum("bqhd,hdm->bqhm", z.permute(3, 2, 0, 1), W_O)).sum(dim=2)
-        out = self.W_O.weight @ z.reshape(cfg.n_heads * cfg.d_head, pos * batch)  # [d_model, pos * batch]
-        return out.view(cfg.d_model, pos, batch).permute(2, 1, 0)
+        out = z.reshape(cfg.n_heads * cfg.d_head, pos * batch).T @ self.W_O.weight.T  # [pos * batch, d_model]
+        return out.view(pos, batch, cfg.d_model).transpose(0, 1)
 
 
 class Block(nn.Module):
