@@ -86,6 +86,13 @@ class ClampSet:
     def needs_first_pass(self) -> bool:
         return bool(self.captures)
 
+    @property
+    def leaves_last_layer(self) -> bool:
+        """Nothing is overwritten or recorded in the last layer: a pass may compute its query position alone."""
+        last = f"blocks.{self.model.cfg.n_layers - 1}."
+        hooks = [w.hook for w in self.writes + self.first_pass_writes] + sorted(self.captures)
+        return not any(hook.startswith(last) for hook in hooks)
+
     # ---- building ------------------------------------------------------------------------------------------
     def _add(self, iv: InterventionConfig, source: str):
         model, n_layers = self.model, self.model.cfg.n_layers
@@ -237,15 +244,16 @@ class ClampSet:
         return mask.to(device)
 
     # ---- running -------------------------------------------------------------------------------------------
-    def forward(self, batch: Batch, observers: list[tuple[str, Callable]] = ()) -> Tensor:
-        """Logits [batch, d_vocab] of the main pass with every clamp on; `observers` are hooks that only read."""
+    def forward(self, batch: Batch, observers: list[tuple[str, Callable]] = (), query_only: bool = False) -> Tensor:
+        """Logits [batch, d_vocab] of the main pass with every clamp on; `observers` are hooks that only read.
+        `query_only` (the model's, for the main pass) needs `leaves_last_layer`."""
         self.batch, self.captured = batch, {}
         try:
             if self.needs_first_pass:
                 with self.model.hooks(self._first_pass_hooks):
                     self.model(batch.x, batch.context_labels)
             with self.model.hooks(self._main_pass_hooks + list(observers)):
-                return self.model(batch.x, batch.context_labels)
+                return self.model(batch.x, batch.context_labels, query_only)
         finally:  # hold no activation past the forward (under vmap they must not leave it)
             self.batch, self.captured = None, {}
 

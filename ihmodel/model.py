@@ -97,7 +97,9 @@ class Attention(nn.Module):
         self.register_buffer("mask_bias", torch.zeros(n_ctx, n_ctx).masked_fill(~causal, float("-inf")),
                              persistent=False)
 
-    def forward(self, x: Tensor) -> Tensor:  # x: [batch, pos, d_model]
+    def forward(self, x: Tensor, queries: int | None = None) -> Tensor:
+        """x [batch, pos, d_model] -> [batch, queries, d_model]: the attention output at the last `queries`
+        positions (None: every position). Keys and values are every position's either way."""
         # Inside, every per-head tensor is laid out batch-last ([head, ..., pos, batch]) and hooks see permuted
         # views in the public layout ([batch, pos, head, d_head], [batch, head, query, key]). With pos 5 and
         # d_head 8, batch-first loops ran scalar over the tiny last axes; batch-last, the compiled kernels run
@@ -109,17 +111,23 @@ class Attention(nn.Module):
         # layout and write the other, which compiled into scalar loops (a fifth of an evaluation).
         batch, pos, _ = x.shape
         cfg = self.cfg
+        n_q = pos if queries is None else queries
         rows = x.transpose(0, 1).reshape(pos * batch, cfg.d_model)
-        qkv = (self.W_QKV.weight @ rows.T).view(3, cfg.n_heads, cfg.d_head, pos, batch)
+        if n_q == pos:
+            q, k, v = (self.W_QKV.weight @ rows.T).view(3, cfg.n_heads, cfg.d_head, pos, batch).unbind(0)
+        else:  # queries from the last positions' rows only (position-major: the last n_q * batch rows)
+            W_Q, W_KV = self.W_QKV.weight.split([cfg.n_heads * cfg.d_head, 2 * cfg.n_heads * cfg.d_head])
+            q = (W_Q @ rows[(pos - n_q) * batch:].T).view(cfg.n_heads, cfg.d_head, n_q, batch)
+            k, v = (W_KV @ rows.T).view(2, cfg.n_heads, cfg.d_head, pos, batch).unbind(0)
         q, k, v = (batch_last(hook, t, 3, 2, 0, 1) for hook, t in zip((self.hook_q, self.hook_k, self.hook_v),
-                                                                     qkv.unbind(0)))  # [head, d_head, pos, batch]
+                                                                     (q, k, v)))  # [head, d_head, pos, batch]
         if cfg.positional == "rope":
             cos, sin = self.rope_cos[:, :pos], self.rope_sin[:, :pos]
-            q = batch_last(self.hook_rot_q, rotate_pairs(q, cos, sin), 3, 2, 0, 1)
+            q = batch_last(self.hook_rot_q, rotate_pairs(q, cos[:, pos - n_q:], sin[:, pos - n_q:]), 3, 2, 0, 1)
             k = batch_last(self.hook_rot_k, rotate_pairs(k, cos, sin), 3, 2, 0, 1)
         scores = (q[:, :, :, None] * k[:, :, None]).sum(1) * cfg.d_head ** -0.5  # [head, query, key, batch]
         # The causal mask comes after the hook, so no clamp on the scores can let a token see the future.
-        scores = batch_last(self.hook_attn_scores, scores, 3, 0, 1, 2) + self.mask_bias[:pos, :pos, None]
+        scores = batch_last(self.hook_attn_scores, scores, 3, 0, 1, 2) + self.mask_bias[pos - n_q:pos, :pos, None]
         exp = (scores - scores.amax(dim=2, keepdim=True)).exp()  # the library softmax is slow for rows of 5 on CPU
         pattern = batch_last(self.hook_pattern, exp / exp.sum(dim=2, keepdim=True), 3, 0, 1, 2)
         z = (pattern[:, None] * v[:, :, None]).sum(3)  # [head, d_head, query, batch]
@@ -127,8 +135,8 @@ class Attention(nn.Module):
         if cfg.use_hook_result:
             W_O = self.W_O.weight.T.reshape(cfg.n_heads, cfg.d_head, cfg.d_model)
             return self.hook_result(torch.einsum("bqhd,hdm->bqhm", z.permute(3, 2, 0, 1), W_O)).sum(dim=2)
-        out = z.reshape(cfg.n_heads * cfg.d_head, pos * batch).T @ self.W_O.weight.T  # [pos * batch, d_model]
-        return out.view(pos, batch, cfg.d_model).transpose(0, 1)
+        out = z.reshape(cfg.n_heads * cfg.d_head, n_q * batch).T @ self.W_O.weight.T  # [n_q * batch, d_model]
+        return out.view(n_q, batch, cfg.d_model).transpose(0, 1)
 
 
 class Block(nn.Module):
@@ -144,9 +152,12 @@ class Block(nn.Module):
             self.hook_mlp_out = HookPoint()
         self.hook_resid_post = HookPoint()
 
-    def forward(self, resid: Tensor) -> Tensor:
+    def forward(self, resid: Tensor, queries: int | None = None) -> Tensor:
+        """[batch, pos, d_model] -> the residual stream after the block at the last `queries` positions (None:
+        every position)."""
         resid = self.hook_resid_pre(resid)
-        resid = resid + self.hook_attn_out(self.attn(self.ln1(resid)))
+        attn_out = self.hook_attn_out(self.attn(self.ln1(resid), queries))
+        resid = (resid if queries is None else resid[:, -queries:]) + attn_out
         if hasattr(self, "mlp"):
             resid = resid + self.hook_mlp_out(self.mlp(self.ln2(resid)))
         return self.hook_resid_post(resid)
@@ -195,9 +206,11 @@ class Transformer(nn.Module):
         if self.cfg.positional == "learned":
             nn.init.trunc_normal_(self.pos_embed, std=0.02, a=-0.04, b=0.04, generator=generator)
 
-    def forward(self, x: Tensor | TableRows, context_labels: Tensor) -> Tensor:
+    def forward(self, x: Tensor | TableRows, context_labels: Tensor, query_only: bool = False) -> Tensor:
         """x: [batch, item, d_in] exemplar features (query last), or the same as TableRows; context_labels:
-        [batch, item-1] -> logits [batch, d_vocab]."""
+        [batch, item-1] -> logits [batch, d_vocab]. `query_only`: the last layer computes the query position
+        alone, all the logits read (an evaluation's last layer then costs about a third); its hooks see that one
+        position on their position or query axis, so nothing may overwrite them."""
         exemplars = self.embed_exemplars(x)  # [batch, item, d_model]
         labels = self.embed_label[context_labels]  # [batch, item-1, d_model]
         batch, n_context, d_model = labels.shape
@@ -205,8 +218,9 @@ class Transformer(nn.Module):
         resid = self.hook_embed(torch.cat([pairs, exemplars[:, -1:]], dim=1))  # [batch, pos, d_model]
         if self.cfg.positional == "learned":
             resid = resid + self.hook_pos_embed(self.pos_embed[: resid.shape[1]].expand_as(resid))
-        for block in self.blocks:
-            resid = block(resid)
+        last = len(self.blocks) - 1
+        for layer, block in enumerate(self.blocks):
+            resid = block(resid, 1 if query_only and layer == last else None)
         return self.hook_logits(self.unembed(self.ln_final(resid[:, -1])))
 
     def embed_exemplars(self, x: Tensor | TableRows) -> Tensor:

@@ -170,6 +170,9 @@ class Evaluation:
         self.all_train = sets.pop("all_train", None)  # the exhaustive set, when induction_set == "all_train"
         self.evaluators = sets
         self.collector = Collector(clamps.model, need_z=False)
+        # The metrics read the query position's logits and the induction score its attention: without clamps in
+        # the last layer, it computes that position alone.
+        self.query_only = clamps.leaves_last_layer
         self.chunk = self.chunk_sums
 
     @torch.no_grad()
@@ -177,7 +180,7 @@ class Evaluation:
                    noise: Tensor | None = None):
         """Sums over one chunk: the 5 classification metrics and the induction score [layer, head]."""
         batch = Batch(TableRows(table, items, noise), context_labels, query_label, match)
-        logits = self.clamps.forward(batch, self.collector.hooks)
+        logits = self.clamps.forward(batch, self.collector.hooks, self.query_only)
         induction = induction_score(self.collector.take()[0], match) * len(batch)
         return classification_metrics(logits, batch).sum(dim=0), induction
 

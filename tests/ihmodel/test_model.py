@@ -55,6 +55,24 @@ def test_every_hook_point_fires_once_with_its_documented_shape(model_config, tas
         name: [shape] for name, shape in expected_shapes().items()}
 
 
+def test_query_only_computes_the_last_layer_at_the_query_alone_with_the_same_logits(model_config, task, batch):
+    model = Transformer(replace(model_config, use_hook_result=True), task.d_in, V, POS, seed=0)
+    every = record_all(model, batch)
+    seen: dict[str, torch.Tensor] = {}
+    with model.hooks([(name, lambda x, *, hook: seen.__setitem__(hook.name, x.detach().clone()))
+                      for name in model.hook_dict]):
+        logits = model(batch.x, batch.context_labels, query_only=True)
+
+    torch.testing.assert_close(logits, every["hook_logits"][0])
+    queried = {f"blocks.1.{name}": 1 for name in ("hook_attn_out", "hook_resid_post")} | {
+        f"blocks.1.attn.{name}": 1 for name in ("hook_q", "hook_rot_q", "hook_z", "hook_result")} | {
+        f"blocks.1.attn.{name}": 2 for name in ("hook_attn_scores", "hook_pattern")}  # the query axis
+    for name, shape in expected_shapes().items():
+        axis = queried.get(name)
+        expected = every[name][0] if axis is None else every[name][0].narrow(axis, POS - 1, 1)
+        torch.testing.assert_close(seen[name], expected, msg=name)
+
+
 def test_hook_result_is_opt_in_and_sums_to_attn_out(model_config, task, batch):
     plain = Transformer(model_config, task.d_in, V, POS, seed=0)
     with_result = Transformer(replace(model_config, use_hook_result=True), task.d_in, V, POS, seed=0)

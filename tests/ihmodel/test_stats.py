@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ihmodel.clamp import ClampSet
-from ihmodel.config import STAT_NAMES, ClampConfig, EvalConfig
+from ihmodel.config import STAT_NAMES, ClampConfig, EvalConfig, InterventionConfig
 from ihmodel.data import Batch
 from ihmodel.model import Transformer
 from ihmodel.stats import (Evaluation, StepStats, classification_metrics, head_out_norm, induction_score,
@@ -208,3 +208,23 @@ def test_the_induction_score_of_an_evaluator_comes_from_its_own_forward(model, t
     separate = Evaluation(clamp_set, {"fsl_val_rl": evaluators["fsl_val_rl"]}, "fsl_val_rl", None, batch_size=16)()
 
     torch.testing.assert_close(shared["eval_induction_score"], separate["eval_induction_score"])
+
+
+@pytest.mark.parametrize("interventions, query_only", [
+    ([], True),
+    ([InterventionConfig(kind="zero_value", layer=0, heads=[1])], True),
+    ([InterventionConfig(kind="zero_value", layer=1, heads=[1])], False),
+    ([InterventionConfig(kind="perfect_prev_token_input")], False),  # overwrites the last layer's input pattern
+])
+def test_evaluation_computes_the_query_position_alone_unless_clamps_touch_the_last_layer(model, task, interventions,
+                                                                                         query_only):
+    evaluation = Evaluation(ClampSet(ClampConfig(interventions=interventions), model),
+                            task.evaluators(EvalConfig(size=50), seed=1), "fsl_train", None, batch_size=4096)
+    assert evaluation.query_only == query_only
+
+    alone = evaluation()
+    evaluation.query_only = False
+    every_position = evaluation()
+
+    for name in every_position:
+        torch.testing.assert_close(alone[name], every_position[name])
