@@ -120,7 +120,7 @@ class Attention(nn.Module):
             q = (W_Q @ rows[(pos - n_q) * batch:].T).view(cfg.n_heads, cfg.d_head, n_q, batch)
             k, v = (W_KV @ rows.T).view(2, cfg.n_heads, cfg.d_head, pos, batch).unbind(0)
         q, k, v = (batch_last(hook, t, 3, 2, 0, 1) for hook, t in zip((self.hook_q, self.hook_k, self.hook_v),
-                                                                     (q, k, v)))  # [head, d_head, pos, batch]
+                                                                     (q, k, v)))  # [head, d_head, pos or n_q, batch]
         if cfg.positional == "rope":
             cos, sin = self.rope_cos[:, :pos], self.rope_sin[:, :pos]
             q = batch_last(self.hook_rot_q, rotate_pairs(q, cos[:, pos - n_q:], sin[:, pos - n_q:]), 3, 2, 0, 1)
@@ -209,8 +209,8 @@ class Transformer(nn.Module):
     def forward(self, x: Tensor | TableRows, context_labels: Tensor, query_only: bool = False) -> Tensor:
         """x: [batch, item, d_in] exemplar features (query last), or the same as TableRows; context_labels:
         [batch, item-1] -> logits [batch, d_vocab]. `query_only`: the last layer computes the query position
-        alone, all the logits read (an evaluation's last layer then costs about a third); its hooks see that one
-        position on their position or query axis, so nothing may overwrite them."""
+        alone, all the logits read (an evaluation takes about a fifth less time); its hooks see that one position
+        on their position or query axis, so nothing may overwrite them."""
         exemplars = self.embed_exemplars(x)  # [batch, item, d_model]
         labels = self.embed_label[context_labels]  # [batch, item-1, d_model]
         batch, n_context, d_model = labels.shape
