@@ -90,7 +90,7 @@ class ClampSet:
     def leaves_last_layer(self) -> bool:
         """Nothing is overwritten or recorded in the last layer: a pass may compute its query position alone."""
         last = f"blocks.{self.model.cfg.n_layers - 1}."
-        hooks = [w.hook for w in self.writes + self.first_pass_writes] + sorted(self.captures)
+        hooks = [w.hook for w in self.writes + self.first_pass_writes] + list(self.captures)
         return not any(hook.startswith(last) for hook in hooks)
 
     # ---- building ------------------------------------------------------------------------------------------

@@ -28,14 +28,14 @@ def expected_shapes(n_layers: int = 2) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def record_all(model: Transformer, batch) -> dict[str, list[torch.Tensor]]:
+def record_all(model: Transformer, batch, query_only: bool = False) -> dict[str, list[torch.Tensor]]:
     seen: dict[str, list[torch.Tensor]] = {}
 
     def record(x, *, hook):
         seen.setdefault(hook.name, []).append(x.detach().clone())
 
     with model.hooks([(name, record) for name in model.hook_dict]):
-        model(batch.x, batch.context_labels)
+        model(batch.x, batch.context_labels, query_only)
     return seen
 
 
@@ -58,19 +58,16 @@ def test_every_hook_point_fires_once_with_its_documented_shape(model_config, tas
 def test_query_only_computes_the_last_layer_at_the_query_alone_with_the_same_logits(model_config, task, batch):
     model = Transformer(replace(model_config, use_hook_result=True), task.d_in, V, POS, seed=0)
     every = record_all(model, batch)
-    seen: dict[str, torch.Tensor] = {}
-    with model.hooks([(name, lambda x, *, hook: seen.__setitem__(hook.name, x.detach().clone()))
-                      for name in model.hook_dict]):
-        logits = model(batch.x, batch.context_labels, query_only=True)
+    alone = record_all(model, batch, query_only=True)
 
-    torch.testing.assert_close(logits, every["hook_logits"][0])
+    torch.testing.assert_close(alone["hook_logits"], every["hook_logits"])
     queried = {f"blocks.1.{name}": 1 for name in ("hook_attn_out", "hook_resid_post")} | {
         f"blocks.1.attn.{name}": 1 for name in ("hook_q", "hook_rot_q", "hook_z", "hook_result")} | {
         f"blocks.1.attn.{name}": 2 for name in ("hook_attn_scores", "hook_pattern")}  # the query axis
-    for name, shape in expected_shapes().items():
+    for name in expected_shapes():
         axis = queried.get(name)
         expected = every[name][0] if axis is None else every[name][0].narrow(axis, POS - 1, 1)
-        torch.testing.assert_close(seen[name], expected, msg=name)
+        torch.testing.assert_close(alone[name], [expected], msg=name)
 
 
 def test_hook_result_is_opt_in_and_sums_to_attn_out(model_config, task, batch):
