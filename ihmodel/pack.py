@@ -274,20 +274,18 @@ class PackEvaluation(Evaluation):
         """[trial, rows, d_in]: each trial's distinct rows, padded alike, in one gather."""
         return next(iter(self.evaluators.values()))[0].table[self.rows]
 
-    def sums(self, data: list[Sequences], tables: Tensor) -> tuple[Tensor, Tensor]:
-        n = len(data[0])
-        step = min(n, self.batch_size)
-        noisy = any(d.noise is not None for d in data)  # a noiseless trial beside noisy ones adds zeros
-        metrics, induction = 0.0, 0.0
-        for start in range(0, n, step):
-            chunks = [d.slice(start, start + step) for d in data]
-            tensors = [torch.stack([getattr(c, field) for c in chunks])
-                       for field in ("items", "context_labels", "query_label", "match")]
-            noise = [torch.stack([tables.new_zeros(*c.items.shape, tables.shape[-1]) if c.noise is None else c.noise
-                                  for c in chunks])] if noisy else []
-            chunk_metrics, chunk_induction = self.chunk(self.params, tables, *tensors, *noise)
-            metrics, induction = metrics + chunk_metrics, induction + chunk_induction
-        return metrics / n, induction / n
+    def set_size(self, data: list[Sequences]) -> int:
+        return len(data[0])
+
+    def chunk_inputs(self, data: list[Sequences], tables: Tensor, start: int, stop: int) -> list[Tensor]:
+        """Every trial's chunk stacked along a leading trial axis, after the trials' parameters."""
+        chunks = [d.slice(start, stop) for d in data]
+        tensors = [torch.stack([getattr(c, field) for c in chunks])
+                   for field in ("items", "context_labels", "query_label", "match")]
+        noisy = any(c.noise is not None for c in chunks)  # a noiseless trial beside noisy ones adds zeros
+        noise = [torch.stack([tables.new_zeros(*c.items.shape, tables.shape[-1]) if c.noise is None else c.noise
+                              for c in chunks])] if noisy else []
+        return [self.params, tables, *tensors, *noise]
 
 
 def run_pack(configs: list[TrialConfig], store_paths: list[str | Path],

@@ -190,14 +190,22 @@ class Evaluation:
         return next(iter(self.evaluators.values())).exemplars().table
 
     def sums(self, data: Sequences, table: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean metrics and induction score over one evaluation set, a chunk at a time."""
+        n = self.set_size(data)
         metrics, induction = 0.0, 0.0
-        for start in range(0, len(data), self.batch_size):
-            chunk = data.slice(start, start + self.batch_size)
-            noise = [] if chunk.noise is None else [chunk.noise]
-            chunk_metrics, chunk_induction = self.chunk(table, chunk.items, chunk.context_labels, chunk.query_label,
-                                                        chunk.match, *noise)
+        for start in range(0, n, self.batch_size):
+            chunk_metrics, chunk_induction = self.chunk(*self.chunk_inputs(data, table, start, start + self.batch_size))
             metrics, induction = metrics + chunk_metrics, induction + chunk_induction
-        return metrics / len(data), induction / len(data)
+        return metrics / n, induction / n
+
+    def set_size(self, data: Sequences) -> int:
+        return len(data)
+
+    def chunk_inputs(self, data: Sequences, table: Tensor, start: int, stop: int) -> list[Tensor]:
+        """`chunk`'s arguments for sequences start..stop of a set."""
+        chunk = data.slice(start, stop)
+        noise = [] if chunk.noise is None else [chunk.noise]
+        return [table, chunk.items, chunk.context_labels, chunk.query_label, chunk.match, *noise]
 
     def __call__(self) -> dict[str, Tensor]:
         metrics, induction = {}, None
