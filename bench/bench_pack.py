@@ -56,6 +56,7 @@ def steady_state(runner, device, steps: int, rows_per_flush: int) -> dict:
     # A trial's flush writes a whole interval's rows: the timed steps' rows, repeated to that many (their step
     # coordinates are wrong, which costs nothing more to write).
     stats = runner.stats
+    stats.settle_grad_norm()
     stats.kept = (stats.kept * rows_per_flush)[:rows_per_flush]
     stats.grad_norms = (stats.grad_norms * rows_per_flush)[:rows_per_flush]
     stats.rows = rows_per_flush

@@ -151,6 +151,7 @@ class Trial:
 
     def train_step(self):
         loss, row = self.forward(*(field[0] for field in self.stream(self.step)))
+        self.stats.settle_grad_norm()  # the last step's, before its gradient is cleared
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()

@@ -130,7 +130,7 @@ def test_step_stats_buffer_and_drain(model, task):
         loss = F.cross_entropy(logits, batch.query_label)
         kept = [keep.value for keep in stats.collector.patterns]  # read before row() lets go of them
         patterns.append((torch.stack(kept).clone(), batch.match))
-        stats.record(stats.row(batch, logits, loss), grad_norm=lambda: torch.tensor(1.5 + step))
+        stats.record(stats.row(batch, logits, loss), grad_norm=lambda step=step: torch.tensor(1.5 + step))
         losses.append(loss.item())
     assert stats.full
 

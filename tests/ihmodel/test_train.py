@@ -81,6 +81,20 @@ def test_step_0_is_the_initial_model_on_the_first_batch(completed_trial, tmp_pat
     assert ds.evaluator.values.tolist() == list(EVALUATORS)
 
 
+def test_each_step_records_the_norm_of_its_own_gradient(tmp_path, tiny_trial):
+    # A step's norm is taken after the next step's forward pass, or at a flush: still that step's gradient.
+    trial = Trial(compose_trial(tiny_trial), tmp_path / "trial.zarr")
+    trial.start_or_resume()
+    norms, written = [], []
+    for step in range(6):
+        trial.train_step()
+        norms.append(torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in trial.model.parameters()])))
+        if step in (2, 5):
+            written.extend(trial.flush()["grad_norm"])
+
+    np.testing.assert_allclose(written, torch.stack(norms).numpy(), rtol=1e-6)
+
+
 def test_a_ragged_budget_ends_with_one_final_evaluation(tmp_path, tiny_trial):
     # 100 sequences in batches of 32: 4 steps (128 sequences); evaluations every 48 sequences cross at steps 2, 3
     config = compose_trial([*tiny_trial, "train.sequences=100", "train.eval_every=48", "train.checkpoint_every=64"])
