@@ -107,7 +107,8 @@ def write_trial(path: str | Path, config: TrialConfig, change_at: float | None, 
     if m:
         writer.append("eval_step", eval_steps[:m], eval_seqs[:m], {k: v[:m] for k, v in eval_rows.items()})
     if fraction >= 1:
-        writer.mark_complete()
+        trained = (int(steps[-1]) + 1) * config.train.batch_size
+        writer.mark_complete(stopped_early=False, stop_sequences=trained, budget_sequences=config.train.sequences)
     return Path(path)
 
 

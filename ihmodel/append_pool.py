@@ -96,8 +96,8 @@ class PooledWriter:
     def append(self, dim: str, index: np.ndarray, extra_coord: np.ndarray, rows: dict[str, np.ndarray]):
         self.pool.queue(self.path, dim, index, extra_coord, rows)
 
-    def mark_complete(self):
-        self.local.mark_complete()
+    def mark_complete(self, **how_it_ended):
+        self.local.mark_complete(**how_it_ended)
 
 
 def serve(jobs_in, results_out):

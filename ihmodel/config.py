@@ -95,11 +95,27 @@ class TrainConfig:
     # writes: at the defaults that is every 3,125 steps (each write costs about 15 ms of zarr-python per 10 arrays)
     flush_every: int = 4096
     compile: bool | None = None  # torch.compile the training forward (clamps, statistics); None = when long enough
+    # Stop at an evaluation once the phase change is over (ihmodel.stopping): the fsl_train loss crossed 0.4 ln 2
+    # and has since converged. Off: every trial runs its whole budget.
+    stop_early: bool = False
+    # the window over which convergence is judged: 5 evaluations at the paper's interval, so that the noise of
+    # one 1,000-sequence evaluation cannot fake a flat stretch
+    stop_patience: int = 50_000
+    # converged when the loss fell by less than this fraction of itself over the window: at 10 % per 5e4
+    # sequences what is left of the drop is a tail, not the phase change
+    stop_tolerance: float = 0.1
+    # or when the loss is this low (nats): the right label gets about 95 % probability, over 90 % of the drop from
+    # the ln 2 plateau is done, and what is left is a slow tail (about 10 % per 1e4 sequences in the clamped runs)
+    stop_floor: float = 0.05
 
     def __post_init__(self):
-        for name in ("sequences", "batch_size", "eval_every", "checkpoint_every", "flush_every"):
+        for name in ("sequences", "batch_size", "eval_every", "checkpoint_every", "flush_every", "stop_patience"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"train.{name}={getattr(self, name)}; must be positive")
+        if not 0 <= self.stop_tolerance < 1:
+            raise ValueError(f"train.stop_tolerance={self.stop_tolerance}; must lie in [0, 1)")
+        if self.stop_floor < 0:
+            raise ValueError(f"train.stop_floor={self.stop_floor}; must be at least 0")
 
     @property
     def steps(self) -> int:
@@ -186,6 +202,8 @@ class TrialConfig:
             raise ValueError(f"stats: unknown {unknown}; choose from {', '.join(STAT_NAMES)}")
         if self.threads < 1:
             raise ValueError(f"threads={self.threads}; must be at least 1")
+        if self.train.stop_early and "eval" not in self.stats:
+            raise ValueError("train.stop_early=true reads the fsl_train evaluation loss: add eval to stats")
 
     @property
     def data_seed(self) -> int:
@@ -198,6 +216,8 @@ class TrialConfig:
 
 # Keys that say where and how a trial runs, not what it computes.
 RESOURCE_FIELDS = ("device", "threads", "store")
+# The early-stop rule's knobs: they change the result only when train.stop_early is on.
+STOP_RULE_FIELDS = ("stop_patience", "stop_tolerance", "stop_floor")
 
 
 def derive_seed(seed: int, purpose: str) -> int:
@@ -229,6 +249,9 @@ def result_defining(config: TrialConfig) -> dict[str, Any]:
     values = to_dict(config)
     for name in RESOURCE_FIELDS:
         values.pop(name)
+    if not config.train.stop_early:  # so that a trial's id is the same as before these keys existed
+        for name in ("stop_early",) + STOP_RULE_FIELDS:
+            values["train"].pop(name)
     values["seed_data"], values["seed_eval"] = config.data_seed, config.eval_seed
     return values
 

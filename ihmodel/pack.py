@@ -37,7 +37,7 @@ from ihmodel.model import Transformer
 from ihmodel.stacked import StackedAdam, StackedParameters
 from ihmodel.stats import Evaluation, StepStats
 from ihmodel.store import is_complete, resumable
-from ihmodel.train import TrialStore, compiled, records_eval, resolve_device, train_loop
+from ihmodel.train import TrialStore, compiled, crossed, records_eval, resolve_device, train_loop
 
 # Result-defining keys that may differ between the trials of one pack (they change no tensor shape).
 PER_TRIAL_KEYS = ("seed", "seed_data", "seed_eval", "clamp", "train.lr", "train.beta1", "train.beta2",
@@ -80,11 +80,19 @@ class Member:
         self.step = 0  # the step it resumes at
         self.error: BaseException | None = None
 
-    def open(self, store_path: Path, device, created: bool = False):
+    def open(self, store_path: Path, device, created: bool = False, pool: AppendPool | None = None):
+        """Open (or create) its store and read its checkpoint; `pool`: worker processes that write the store."""
         store_path.parent.mkdir(parents=True, exist_ok=True)
         self.store = TrialStore(self.config, store_path)
         self.state = self.store.resume(device, created)
         self.step = self.state["step"] if self.state else 0
+        if pool:
+            self.store.writer = pool.writer(self.store.writer)
+
+    @property
+    def training(self) -> bool:
+        """Neither failed nor complete: it belongs in the next pack."""
+        return self.error is None and not self.store.completed
 
     @property
     def live(self) -> bool:
@@ -145,9 +153,6 @@ class Pack:
         self.eval_rows = torch.stack([F.pad(r, (0, max(map(len, rows)) - len(r))) for r in rows])
         self.evaluations = [PackEvaluation(clamps, self.functional, config) for _, clamps in self.groups]
         self.pool = pool
-        if pool:
-            for member in self.members:
-                member.store.writer = pool.writer(member.store.writer)
         self.forward = self.forward_all
         if self.train.compiled:
             self.forward = compiled(self.forward_all, device)
@@ -160,6 +165,12 @@ class Pack:
     @property
     def live(self) -> bool:
         return any(m.live for m in self.members)
+
+    @property
+    def stopping(self) -> bool:
+        """Some member's phase change is over (train.stop_early): the pack ends its schedule there, completes that
+        member, and run_pack trains the rest on as a smaller pack, so a stopped trial costs no more compute."""
+        return any(m.live and m.store.stopping for m in self.members)
 
     @property
     def last_eval_step(self) -> int | None:
@@ -193,15 +204,29 @@ class Pack:
         return rows
 
     def checkpoint(self) -> dict:
+        """Flush, then save the checkpoints due: every member's at a checkpoint interval and at the end of the
+        budget; only the stopping members' when the pack ends at a stop (the others go on from memory,
+        `hand_over`, so a pack of a thousand does not write a thousand checkpoints at every stop)."""
         rows = self.flush()
+        due = self.step >= self.train.steps or crossed(self.step, self.train.batch_size, self.train.checkpoint_every)
         for k, member in enumerate(self.members):
-            self._guarded(member, lambda: member.store.save(
-                self.step, self.params.state_dict(k), self.adam.state_dict(k), model_shape(self.template)))
+            if due or member.store.stopping:
+                self._guarded(member, lambda: member.store.save(
+                    self.step, self.params.state_dict(k), self.adam.state_dict(k), model_shape(self.template)))
         return rows
 
     def finish(self):
+        """Mark complete the members that are done: all at the end of the budget, else those that stopped."""
         for member in self.members:
-            self._guarded(member, member.store.complete)
+            if self.step >= self.train.steps or member.store.stopping:
+                self._guarded(member, lambda: member.store.complete(self.step))
+
+    def hand_over(self):
+        """Leave each member still training its state, for the next pack to load as if from its checkpoint."""
+        for k, member in enumerate(self.members):
+            if member.training:
+                member.state = {"model": self.params.state_dict(k), "optimizer": self.adam.state_dict(k)}
+                member.step = self.step
 
     @staticmethod
     def _guarded(member: Member, write):
@@ -312,10 +337,14 @@ def run_pack(configs: list[TrialConfig], store_paths: list[str | Path],
     template = Transformer(first.model, features.shape[-1], first.data.n_labels, first.data.n_ctx, seed=0).to(device)
     with store_pool(device, len(pending)) as pool:
         members = open_members(configs, store_paths, pending, features, template, device, pool, errors)
-        for step in sorted({m.step for m in members}):
-            pack = Pack([m for m in members if m.step == step], template, device, pool)
+        # the members at the earliest step train together (resumed ones may be further on) until they end or some
+        # of them stop early; those still training go on as the next pack
+        while training := [m for m in members if m.training]:
+            step = min(m.step for m in training)
+            pack = Pack([m for m in training if m.step == step], template, device, pool)
             train_loop(pack, first.train, trials=len(pack.members), desc=f"pack of {len(pack.members)}",
                        progress=progress)
+            pack.hand_over()
     for member in members:
         errors[member.index] = member.error
     return errors
@@ -339,7 +368,7 @@ def open_members(configs: list[TrialConfig], store_paths: list[str | Path], pend
         try:
             if path in failed:
                 raise failed[path]
-            member.open(Path(path), device, created=member in fresh)
+            member.open(Path(path), device, created=member in fresh, pool=pool)
             opened.append(member)
         except Exception as error:
             errors[member.index] = error

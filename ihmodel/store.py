@@ -192,5 +192,9 @@ class StoreWriter:
                 if array.shape[0] > keep:
                     array.resize((keep,) + array.shape[1:])
 
-    def mark_complete(self):
+    def mark_complete(self, stopped_early: bool, stop_sequences: int, budget_sequences: int):
+        """The completion marker, last, with how the trial ended: `stop_sequences` trained of `budget_sequences`
+        (`stopped_early`: train.stop_early ended it after its phase change, ihmodel.stopping)."""
+        self.group.attrs.update({"stopped_early": bool(stopped_early), "stop_sequences": int(stop_sequences),
+                                 "budget_sequences": int(budget_sequences)})
         self.group.attrs["complete"] = True

@@ -18,11 +18,12 @@ from tqdm import tqdm
 
 from ihmodel.checkpoint import DATA_STREAM, checkpoint_state, load_checkpoint, model_shape, write_checkpoint
 from ihmodel.clamp import ClampSet
-from ihmodel.config import TrainConfig, TrialConfig, trial_id
+from ihmodel.config import EVALUATORS, TrainConfig, TrialConfig, trial_id
 from ihmodel.data import Batch, Task
 from ihmodel.flat_adam import FlatAdam
 from ihmodel.model import Transformer
 from ihmodel.stats import Evaluation, StepStats
+from ihmodel.stopping import STOP_EVALUATOR, stop_index
 from ihmodel.store import StoreWriter, checkpoint_path, is_complete, resumable
 
 
@@ -50,6 +51,10 @@ class TrialStore:
         self.eval_rows: list[tuple[int, dict]] = []
         self.n_evals = 0
         self.last_eval_step: int | None = None
+        # the fsl_train loss of every evaluation so far and its sequences: what train.stop_early decides on
+        self.stop_history: tuple[list[int], list[float]] = ([], [])
+        self.stop_step: int | None = None  # the evaluation's step at which the trial stops early
+        self.completed = False
 
     def resume(self, device, created: bool = False) -> dict | None:
         """The checkpoint's state (the store truncated to match it), or None after creating a fresh store (`created`:
@@ -70,15 +75,35 @@ class TrialStore:
         self.writer = StoreWriter(self.store_path)
         self.writer.truncate(state["step"], self.n_evals)
         if self.n_evals:
-            self.last_eval_step = int(self.writer.arrays["eval_step"][self.n_evals - 1])
+            eval_steps = self.writer.arrays["eval_step"][:self.n_evals]
+            self.last_eval_step = int(eval_steps[-1])
+            if self.config.train.stop_early:  # replayed, so that it stops where an uninterrupted run would
+                loss = self.writer.arrays["eval_loss"][:self.n_evals, EVALUATORS.index(STOP_EVALUATOR)]
+                for step, value in zip(eval_steps, loss):
+                    self.decide_stop(int(step), value)
         return state
+
+    def decide_stop(self, step: int, fsl_train_loss):
+        """Add an evaluation to the early-stop history; stop here if the rule (ihmodel.stopping) says so."""
+        sequences, losses = self.stop_history
+        sequences.append(step * self.config.train.batch_size)
+        losses.append(float(np.float32(fsl_train_loss)))  # as stored: a replay decides on the same numbers
+        if self.stop_step is None and stop_index(sequences, losses, self.config.train) == len(losses) - 1:
+            self.stop_step = step
 
     def add_eval(self, step: int, row: dict | None):
         """Record an evaluation at `step` (None when no evaluation statistic is recorded)."""
         if row is not None:
             self.eval_rows.append((step, row))
             self.n_evals += 1
+            if self.config.train.stop_early:  # one host read per evaluation, not per step
+                self.decide_stop(step, row["eval_loss"][EVALUATORS.index(STOP_EVALUATOR)].item())
         self.last_eval_step = step
+
+    @property
+    def stopping(self) -> bool:
+        """Stopped early and not yet marked complete."""
+        return self.stop_step is not None and not self.completed
 
     def write(self, step: int, rows: dict):
         """Append the step rows that end at `step` and the evaluations so far."""
@@ -102,8 +127,12 @@ class TrialStore:
         write_checkpoint(checkpoint_path(self.store_path),
                          checkpoint_state(self.config, model_state, optimizer_state, step, self.n_evals, shape))
 
-    def complete(self):
-        self.writer.mark_complete()
+    def complete(self, step: int):
+        """Mark the store complete at `step`, saying how far the trial trained against its budget and why."""
+        self.writer.mark_complete(stopped_early=self.stop_step is not None,
+                                  stop_sequences=step * self.config.train.batch_size,
+                                  budget_sequences=self.config.train.sequences)
+        self.completed = True
 
 
 def records_eval(config: TrialConfig) -> bool:
@@ -181,8 +210,12 @@ class Trial:
         self.store.save(self.step, self.model.state_dict(), self.optimizer.state_dict(), model_shape(self.model))
         return rows
 
+    @property
+    def stopping(self) -> bool:
+        return self.store.stopping
+
     def finish(self):
-        self.store.complete()
+        self.store.complete(self.step)
 
 
 # Trial configs one process can train in turn at compiled speed. A process often trains many trials (a Ray actor
@@ -224,11 +257,12 @@ def schedule(runner, train: TrainConfig) -> Iterator[dict]:
     """The schedule every runner follows (one trial, or a pack as one): evaluate at 0, every `eval_every` sequences
     and at the end; checkpoint every `checkpoint_every` and at the end; flush statistics when `flush_every` steps
     are waiting; mark complete last. Yields after each optimizer step the step rows written by it ({} but at a
-    flush). A runner stops early when `runner.live` turns false."""
+    flush). A runner ends when `runner.live` turns false (it failed), or after the evaluation at which
+    `runner.stopping` turns true (train.stop_early: its phase change is over)."""
     total = train.steps
     if runner.last_eval_step is None:
         runner.evaluate()
-    while runner.step < total and runner.live:
+    while runner.step < total and runner.live and not runner.stopping:
         runner.train_step()
         if crossed(runner.step, train.batch_size, train.eval_every):
             runner.evaluate()
@@ -238,7 +272,7 @@ def schedule(runner, train: TrainConfig) -> Iterator[dict]:
             yield runner.flush()
         else:
             yield {}
-    if runner.live and runner.last_eval_step != total:
+    if runner.live and not runner.stopping and runner.last_eval_step != total:
         runner.evaluate()
     runner.checkpoint()
     runner.finish()

@@ -83,7 +83,7 @@ def test_completion_marker_is_false_until_marked(tmp_path, tiny_trial):
     writer = StoreWriter.create(path, config)
     assert is_complete(path) is False
 
-    writer.mark_complete()
+    writer.mark_complete(stopped_early=False, stop_sequences=64, budget_sequences=64)
 
     assert is_complete(path) is True
     assert open_store(path).attrs["complete"] is True
