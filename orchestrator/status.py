@@ -125,17 +125,18 @@ def training(store: Path, entry: TrialEntry) -> dict[str, Any]:
     return {"sequences": trained, "budget": budget, "stopped_early": bool(attrs.get("stopped_early", False))}
 
 
-def compute_saved(states: list[TrialState]) -> tuple[int, int]:
-    """(sequences not trained because trials stopped early, the sweep's budget in sequences); needs detail."""
-    return (sum(t.budget - t.sequences for t in states if t.stopped_early), sum(t.budget for t in states))
+def training_totals(states: list[TrialState]) -> dict[str, Any]:
+    """Sequences trained and budgeted over `states` (read with detail), and the compute saved by early stops: the
+    sequences left untrained, and their share of the budget in percent."""
+    budget = sum(t.budget for t in states)
+    saved = sum(t.budget - t.sequences for t in states if t.stopped_early)
+    return {"sequences": sum(t.sequences for t in states), "budget": budget, "saved_sequences": saved,
+            "saved_percent": round(100 * saved / budget, 2) if budget else 0.0}
 
 
-def format_training(states: list[TrialState]) -> str:
-    """Sequences trained against the budget, and the compute saved by early stops, over `states`."""
-    saved, budget = compute_saved(states)
-    trained = sum(t.sequences for t in states)
-    share = 100 * saved / budget if budget else 0.0
-    return f"sequences {trained:,} of {budget:,} budget; compute saved {saved:,} sequences ({share:.1f}%)"
+def format_training(totals: dict[str, Any]) -> str:
+    return (f"sequences {totals['sequences']:,} of {totals['budget']:,} budget; compute saved "
+            f"{totals['saved_sequences']:,} sequences ({totals['saved_percent']:.1f}%)")
 
 
 def format_axes(axes: dict[str, Any]) -> str:
@@ -154,7 +155,7 @@ def report(sweep_dir: Path, out=None) -> dict[str, int]:
     c = counts(states)
     print(f"sweep {manifest.sweep} in {sweep_dir}: {len(states)} trials", file=out)
     print(f"  {format_counts(c)}", file=out)
-    print(f"  {format_training(states)}", file=out)
+    print(f"  {format_training(training_totals(states))}", file=out)
     running = [t for t in states if t.state == "running"]
     if running:
         print("running:", file=out)
