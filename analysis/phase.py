@@ -19,6 +19,7 @@ import numpy as np
 import xarray as xr
 
 LN2 = float(np.log(2))
+THRESHOLD = 0.4 * LN2  # nats: the paper's phase-change threshold on the fsl_train eval loss
 METHODS = ("threshold", "steepest", "sigmoid", "induction")
 MAX_POINTS = 512  # longer curves (per-step losses) are averaged into this many bins before smoothing and fitting
 
@@ -216,7 +217,7 @@ def _result(ds: xr.Dataset, curve: xr.DataArray, time_dim: str, values: np.ndarr
 
 
 def phase_change(ds: xr.Dataset, method: str = "threshold", *, variable: str = "eval_loss",
-                 evaluator: str = "fsl_train", threshold: float = 0.4 * LN2, sigma: float = 1.0,
+                 evaluator: str = "fsl_train", threshold: float = THRESHOLD, sigma: float = 1.0,
                  cap: float | None = LN2, min_drop: float = 0.5 * LN2, **induction) -> xr.Dataset:
     """Phase-change time per grid cell (see the module docstring for the methods).
 

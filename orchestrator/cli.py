@@ -1,7 +1,7 @@
 """`icsweep`: the command line.
 
     icsweep run sweep=smoke backend=ray out=runs/smoke [overrides]   launch or resume a sweep
-    icsweep status DIR [--watch]                                      counts, progress, errors of failed trials
+    icsweep status DIR [--watch | --json]                             counts, sequences, errors; live table; JSON
     icsweep list DIR                                                  one line per trial
     icsweep cancel DIR                                                stop the driver and SLURM jobs
     icsweep train key=value ...                                       one trial (ihmodel.train)
@@ -9,8 +9,8 @@
 """
 from __future__ import annotations
 
+import json
 import sys
-import time
 from pathlib import Path
 
 USAGE = __doc__.split("\n", 2)[2].rstrip()
@@ -82,43 +82,22 @@ def cmd_status(args: list[str]) -> int:
     watch = "--watch" in args or "-w" in args
     paths = [a for a in args if not a.startswith("-")]
     if len(paths) != 1:
-        raise ValueError("usage: icsweep status DIR [--watch]")
+        raise ValueError("usage: icsweep status DIR [--watch | --json]")
     from orchestrator.status import report
 
     sweep_dir = Path(paths[0])
+    if "--json" in args:
+        from orchestrator.live import sweep_view
+
+        view = sweep_view(sweep_dir)
+        print(json.dumps(view, indent=1))
+        return 1 if view["totals"]["states"]["failed"] else 0
     if watch:
-        _watch(sweep_dir)
+        from orchestrator.live import watch as watch_live
+
+        watch_live(sweep_dir)
     c = report(sweep_dir)
     return 1 if c["failed"] else 0
-
-
-def _watch(sweep_dir: Path):
-    """A live bar until nothing runs any more (or Ctrl-C)."""
-    from tqdm import tqdm
-
-    from orchestrator.driver import live_driver
-    from orchestrator.status import counts, sweep_states
-
-    _, states = sweep_states(sweep_dir, detail=False)
-    with tqdm(total=len(states), desc="trials", unit="trial", dynamic_ncols=True) as bar:
-        while True:
-            _, states = sweep_states(sweep_dir, detail=False)
-            c = counts(states)
-            bar.n = c["complete"]
-            bar.set_postfix(running=c["running"], failed=c["failed"], pending=c["pending"], refresh=False)
-            bar.refresh()
-            queued = _queued(sweep_dir)
-            if c["complete"] == len(states) or (not c["running"] and not queued and live_driver(sweep_dir) is None):
-                return
-            time.sleep(2)
-
-
-def _queued(sweep_dir: Path) -> bool:
-    if not (sweep_dir / "logs" / "submitit" / "jobs.json").is_file():
-        return False
-    from orchestrator.backends.submitit import active_jobs
-
-    return bool(active_jobs(sweep_dir))
 
 
 def cmd_list(args: list[str]) -> int:

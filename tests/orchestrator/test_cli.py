@@ -52,7 +52,7 @@ def test_status_list_and_analyze_after_a_run(tmp_path, capsys):
     assert "complete 4" in capsys.readouterr().out
     assert main(["list", str(out)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 4 and all(" complete  100%  n_labels=" in line for line in lines)
+    assert len(lines) == 4 and all(" complete  640/640  n_labels=" in line for line in lines)  # trained/budget
     assert main(["analyze", str(out)]) == 0
     assert "phase change" in capsys.readouterr().out
     assert main(["cancel", str(out)]) == 0
