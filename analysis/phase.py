@@ -18,8 +18,10 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from ihmodel.stopping import PHASE_CHANGE_LOSS
+
 LN2 = float(np.log(2))
-THRESHOLD = 0.4 * LN2  # nats: the paper's phase-change threshold on the fsl_train eval loss
+THRESHOLD = PHASE_CHANGE_LOSS  # nats: the paper's phase-change threshold on the fsl_train eval loss (0.4 ln 2)
 METHODS = ("threshold", "steepest", "sigmoid", "induction")
 MAX_POINTS = 512  # longer curves (per-step losses) are averaged into this many bins before smoothing and fitting
 
@@ -143,7 +145,9 @@ def sigmoid_midpoint(y: np.ndarray, t: np.ndarray, *, min_drop: float) -> np.nda
         better = sse < best[0]
         best = [np.where(better, new, old) for new, old in zip((sse, c, w, drop), best)]
     _, center, _, drop = best
-    found = ok & (valid.sum(1) >= 4) & (drop >= min_drop)
+    # a midpoint past a curve's last finite point (a running trial) is an extrapolation, not an observation
+    last = np.where(valid.any(1), u[len(u) - 1 - np.argmax(valid[:, ::-1], axis=1)], -np.inf)
+    found = ok & (valid.sum(1) >= 4) & (drop >= min_drop) & (center <= last)
     return np.where(found, t[0] + center * span, np.nan)
 
 
