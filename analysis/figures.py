@@ -64,17 +64,25 @@ def loss_curves(ds: xr.Dataset, *, evaluator: str = "fsl_train", variable: str =
     fig, axes = _grid(len(cells))
     clamps = ds["clamp"].values.tolist() if "clamp" in ds.dims else [None]
     colors = [f"C{i % 10}" for i in range(len(clamps))]
+    stopped_any = False
     for ax, cell in zip(axes.ravel(), cells):
-        sub = curve.sel(cell)
+        sub, stops = curve.sel(cell), ds["stopped_early"].sel(cell)
         x = _x(sub, "eval_step", "eval_sequences")
         for clamp, color in zip(clamps, colors):
             lines = sub.sel(clamp=clamp) if clamp is not None else sub
+            stopped = (stops.sel(clamp=clamp) if clamp is not None else stops).values.reshape(-1)
             seeds = lines.transpose(..., "eval_step").values.reshape(-1, lines.sizes["eval_step"])
-            for seed_line in seeds:
+            for seed_line, stop in zip(seeds, stopped):
                 ax.plot(x, seed_line, color=color, alpha=0.25, lw=0.7)
+                if stop:  # where train.stop_early ended it: the curve stops there, it does not go missing
+                    last = np.flatnonzero(np.isfinite(seed_line))[-1]
+                    ax.plot(x[last], seed_line[last], marker="x", color=color, ms=6, mew=1.5)
+                    stopped_any = True
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # an eval no seed has reached: NaN is right
                 mean = np.nanmean(seeds, axis=0)
+            # the mean of seeds that all still train: past a seed's end a mean of the others would jump
+            mean[np.arange(len(x)) > _last_common(seeds)] = np.nan
             ax.plot(x, mean, color=color, lw=1.8, label=str(clamp) if clamp is not None else None)
         ax.axhline(LN2, color="0.5", ls=":", lw=1)
         ax.axhline(0.4 * LN2, color="0.5", ls="--", lw=1)
@@ -82,8 +90,15 @@ def loss_curves(ds: xr.Dataset, *, evaluator: str = "fsl_train", variable: str =
         ax.set_ylim(bottom=0)
     if clamps != [None]:
         axes.ravel()[0].legend(fontsize="small", title="clamp set")
-    fig.suptitle(f"{variable} ({evaluator})\ndotted: ln 2, dashed: 0.4 ln 2")
+    fig.suptitle(f"{variable} ({evaluator})\ndotted: ln 2, dashed: 0.4 ln 2"
+                 + (", x: stopped early (phase change over)" if stopped_any else ""))
     return fig
+
+
+def _last_common(seeds: np.ndarray) -> int:
+    """The last evaluation every seed with a curve has reached (seeds without a store yet are left out)."""
+    ends = [int(r[-1]) for r in (np.flatnonzero(np.isfinite(line)) for line in seeds) if len(r)]
+    return min(ends, default=-1)
 
 
 def phase_change_vs_property(table: pd.DataFrame) -> dict[str, Figure]:

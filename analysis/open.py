@@ -84,12 +84,17 @@ def _assemble(grid_dims: Sequence[str], grid_shape: tuple[int, ...], infos: Mapp
     for name, values in scalars.items():
         if name not in grid_dims and name not in skip_coords:
             coords[name] = _grid_coord(values, grid_dims, grid_shape)
-    complete = np.zeros(int(np.prod(grid_shape)), bool)
+    complete, stopped = np.zeros(int(np.prod(grid_shape)), bool), np.zeros(int(np.prod(grid_shape)), bool)
     for cell, info in infos.items():
         complete[cell] = info.complete
+        stopped[cell] = info.complete and bool(info.attrs.get("stopped_early", False))
     data_vars["complete"] = xr.Variable(
         tuple(grid_dims), complete.reshape(grid_shape),
         {"description": "the trial's store exists and is marked complete; otherwise it is NaN past its last row"})
+    data_vars["stopped_early"] = xr.Variable(
+        tuple(grid_dims), stopped.reshape(grid_shape),
+        {"description": "complete before its budget: train.stop_early ended it after its phase change (NaN past "
+                        "its last row)"})
     return xr.Dataset(data_vars, coords)
 
 

@@ -37,7 +37,7 @@ def test_dims_coords_and_variables_exactly(sweep_dir):
         "eval_loss": (*grid, "eval_step", "evaluator"), "eval_acc": (*grid, "eval_step", "evaluator"),
         "eval_icl_acc": (*grid, "eval_step", "evaluator"), "eval_icl_prob": (*grid, "eval_step", "evaluator"),
         "eval_context_prob": (*grid, "eval_step", "evaluator"),
-        "eval_induction_score": (*grid, "eval_step", "layer", "head"), "complete": grid,
+        "eval_induction_score": (*grid, "eval_step", "layer", "head"), "complete": grid, "stopped_early": grid,
     }
     assert {name: ds[name].dims for name in ds.data_vars} == expected_vars
     assert set(ds.coords) == {*GRID, "step", "sequences", "eval_step", "eval_sequences", "layer", "head",
@@ -72,7 +72,7 @@ def test_cell_is_identical_to_its_store(full_sweep_dir):
     for name, units in [("step", "steps"), ("eval_step", "steps"), ("sequences", "sequences"),
                         ("eval_sequences", "sequences")]:
         expected[name].attrs["units"] = units  # the combined Dataset adds units
-    actual = ds.sel(cell).drop_vars(["clamp", "seed", "complete"]).load()
+    actual = ds.sel(cell).drop_vars(["clamp", "seed", "complete", "stopped_early"]).load()
     actual["n_labels"].attrs = {}  # an axis: attrs name its config key
     actual.attrs = expected.attrs
     xr.testing.assert_identical(expected, actual)
