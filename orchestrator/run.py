@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from orchestrator.backends.base import make_backend
+from orchestrator.backends import make_backend
 from orchestrator.driver import Monitor, driver_record, live_driver
 from orchestrator.grid import axes_of, expand
 from orchestrator.packs import describe

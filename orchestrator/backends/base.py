@@ -4,7 +4,7 @@ orchestrator.trial.execute_pack in one process.
 A backend knows nothing of training and decides nothing about what is done: it is handed packs of trials whose
 stores are not complete (orchestrator.packs; one trial each by default), gives each pack a process with a number
 of CPU threads (and a device), and retries failed packs. A new backend is a small module with a subclass of
-`Backend`.
+`Backend`, named in the registry orchestrator.backends (make_backend); this module names no backend.
 """
 from __future__ import annotations
 
@@ -50,14 +50,3 @@ class Backend(ABC):
     def run(self, packs: list[Pack]):
         """Run every pack (blocking, unless detached); failures are recorded in logs/, not raised."""
 
-
-def make_backend(sweep: Sweep, sweep_dir: Path) -> Backend:
-    if sweep.backend == "local":
-        from orchestrator.backends.local import LocalBackend as cls
-    elif sweep.backend == "ray":
-        from orchestrator.backends.ray import RayBackend as cls
-    elif sweep.backend == "submitit":
-        from orchestrator.backends.submitit import SubmititBackend as cls
-    else:
-        raise ValueError(f"backend={sweep.backend!r}; choose one of local, ray, submitit")
-    return cls(sweep, sweep_dir)

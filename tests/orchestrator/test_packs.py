@@ -14,7 +14,7 @@ from orch_helpers import TINY, attempts, icsweep
 from analysis import open_sweep
 from ihmodel.store import is_complete
 from ihmodel.sweepdir import read_manifest, store_path
-from orchestrator.backends.base import make_backend
+from orchestrator.backends import make_backend
 from orchestrator.cli import main
 from orchestrator.grid import axes_of, expand
 from orchestrator.packs import make_packs
