@@ -18,8 +18,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import zarr
 
-from ihmodel.config import TrainConfig
+from ihmodel.config import EVALUATORS, TrainConfig
 
 PHASE_CHANGE_LOSS = 0.4 * math.log(2)  # PAPER.md: the phase-change threshold on the fsl_train loss
 STOP_EVALUATOR = "fsl_train"
@@ -47,3 +48,11 @@ def stop_index(sequences: np.ndarray, loss: np.ndarray, train: TrainConfig) -> i
             if loss[j] - loss[i] < train.stop_tolerance * loss[j]:
                 return i
     return None
+
+
+def store_crossing(store_path) -> int | None:
+    """Sequences at a trial store's phase change (its first fsl_train evaluation below the threshold), or None."""
+    group = zarr.open_group(str(store_path), mode="r")
+    loss = group["eval_loss"][:, EVALUATORS.index(STOP_EVALUATOR)]
+    index = crossing_index(loss)
+    return None if index is None else int(group["eval_sequences"][index])

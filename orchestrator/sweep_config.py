@@ -66,6 +66,15 @@ class SubmititOptions:
 
 
 @dataclass
+class RefineOptions:
+    """Adaptive refinement of numeric axes (orchestrator.refine): off while `axes` is empty."""
+
+    axes: list[str] = field(default_factory=list)  # numeric data-property axes by key, e.g. [data.n_labels]
+    rounds: int = 1  # refinement rounds after the grid, each run to completion before the next is decided
+    min_ratio: float = 1.5  # neighbours whose seed-mean phase-change times differ by more get a midpoint
+
+
+@dataclass
 class SweepConfig:
     name: str = MISSING  # the sweep's name; a sweep directory belongs to one sweep
     base: TrialConfig = field(default_factory=TrialConfig)  # every trial starts from this config
@@ -79,6 +88,7 @@ class SweepConfig:
     local: LocalOptions = field(default_factory=LocalOptions)
     ray: RayOptions = field(default_factory=RayOptions)
     submitit: SubmititOptions = field(default_factory=SubmititOptions)
+    refine: RefineOptions = field(default_factory=RefineOptions)
 
 
 ConfigStore.instance().store(name="sweep_schema", node=SweepConfig)
@@ -102,6 +112,7 @@ class Sweep:
     local: LocalOptions
     ray: RayOptions
     submitit: SubmititOptions
+    refine: RefineOptions
 
     def to_yaml(self) -> str:
         return OmegaConf.to_yaml(self.cfg)
@@ -138,6 +149,7 @@ def load_sweep(sweep: str, overrides: list[str] = ()) -> Sweep:
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r}; choose one of {', '.join(BACKENDS)}")
     out = Path(cfg.out) if cfg.out else Path("runs") / cfg.name
+    check_refine(settings["refine"], axes)
     return Sweep(name=cfg.name, cfg=cfg, axes=axes, clamps=clamps, seeds=seeds, bases=bases, backend=backend,
                  out=out, **settings)
 
@@ -186,7 +198,7 @@ def to_trial(values: dict[str, Any]) -> TrialConfig:
 
 
 def _typed(cfg: DictConfig) -> dict[str, Any]:
-    settings = {name: OmegaConf.to_object(cfg[name]) for name in ("resources", "local", "ray", "submitit")}
+    settings = {name: OmegaConf.to_object(cfg[name]) for name in ("resources", "local", "ray", "submitit", "refine")}
     res = settings["resources"]
     if res.cpus_per_trial < 1:
         raise ValueError(f"resources.cpus_per_trial={res.cpus_per_trial}; must be at least 1")
@@ -197,6 +209,22 @@ def _typed(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"resources.pack_size={size!r}; give an int >= 1 (trials trained together in one process, "
                          f"e.g. resources.pack_size=8) or resources.pack_size=auto")
     return settings
+
+
+def check_refine(refine: RefineOptions, axes: dict[str, list[Any]]):
+    """Refinement settings that could not work, refused before any work."""
+    if refine.rounds < 0:
+        raise ValueError(f"refine.rounds={refine.rounds}; give 0 or more rounds")
+    if not refine.min_ratio > 1:
+        raise ValueError(f"refine.min_ratio={refine.min_ratio}; must be above 1 (a ratio of phase-change times)")
+    for key in refine.axes:
+        if key not in axes:
+            swept = ", ".join(axes) or "none"
+            raise ValueError(f"refine.axes names {key}, not an axis of this sweep (axes: {swept}); refine one of "
+                             f"them, or add it with +axes.{key}=[...]")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in axes[key]):
+            raise ValueError(f"refine.axes: axis {key} has non-numeric values {axes[key]}; only a numeric axis has "
+                             f"values between its values")
 
 
 def flatten_axes(tree: dict[str, Any], prefix: str = "") -> dict[str, list[Any]]:
