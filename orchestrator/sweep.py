@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ihmodel.config import RESOURCE_FIELDS, from_yaml, to_dict
+from ihmodel.config import RESOURCE_FIELDS, TrialConfig, from_yaml, to_dict
 from ihmodel.store import is_complete
 from ihmodel.sweepdir import (MANIFEST, Axis, Manifest, TrialEntry, logs_dir, read_manifest, store_path,
                               trials_dir, write_manifest)
@@ -93,8 +93,10 @@ def check_same_sweep(old: Manifest, name: str, base: dict[str, Any], axes: list[
     if old_base is None:
         return
     swept = {a.key for a in axes} | {a.key for a in old.axes}
+    # a key one side lacks (added to the trial schema since that manifest was written) has its default there
+    defaults = _flatten(to_dict(TrialConfig()))
     differ = sorted(k for k in set(old_base) | set(base)
-                    if k not in swept and _norm(old_base.get(k)) != _norm(base.get(k)))
+                    if k not in swept and _norm(old_base.get(k, defaults.get(k))) != _norm(base.get(k, defaults.get(k))))
     if differ:
         shown = "; ".join(f"{k}: {old_base.get(k)!r} -> {base.get(k)!r}" for k in differ[:4])
         raise ValueError(f"{sweep_dir} holds sweep {name!r} with another base config ({shown}); "

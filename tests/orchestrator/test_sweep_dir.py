@@ -86,3 +86,18 @@ def test_manifest_is_json_analysis_can_read(tmp_path):
     prepared(tmp_path)
     raw = json.loads((tmp_path / "manifest.json").read_text())
     assert {"sweep", "sweep_config_yaml", "axes", "trials", "format_version", "extra"} <= set(raw)
+
+
+def test_a_manifest_from_before_a_new_trial_key_resumes(tmp_path):
+    """A key added to the trial schema since a manifest was written (train.stop_early) counts as its default."""
+    prepared(tmp_path)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    for key in [k for k in manifest["extra"]["base"] if k.startswith("train.stop_")]:
+        del manifest["extra"]["base"][key]
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+
+    _, trials, merged = prepared(tmp_path)
+
+    assert merged.trial_ids() == [t.id for t in trials]
+    with pytest.raises(ValueError, match=r"train.stop_early: False -> True"):
+        prepared(tmp_path, "base.train.stop_early=true")
