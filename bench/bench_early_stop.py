@@ -1,0 +1,79 @@
+"""What early stop saves on a real sweep: the paper's Fig 5b end to end, stop off against stop on, in one run.
+
+    python bench/bench_early_stop.py [--sequences 600000] [--pack-size 1] [--workers 2] [--rounds 1]
+
+Each variant is one `icsweep run sweep=paper_fig5b backend=local` (six clamp sets, seed 5, the paper's 6e5
+sequences, synthetic features), a real command as a user types it: Python start, compiling, evaluations, writes
+and the closing phase-change table included. The variants alternate in each round (off, on, off, on, ...), so
+both see the same machine. Printed per variant: wall time, sequences trained (from the stores' attrs) against
+the budget, and the ratio on/off; then the compute saved and whether the two phase-change tables are equal (they
+must be). Target: Fig 5b with early stop in at most 48 s end to end on two cores, one fifth of the 240 s the
+paper's reference JAX code needs for these six trials there (6 x 6e5 sequences / 7,500 seq/s = 480 core-s).
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import zarr
+
+REPO = Path(__file__).resolve().parents[1]
+TARGET_S = 48.0
+
+
+def run(out: Path, stop: bool, args) -> dict:
+    command = [sys.executable, "-m", "orchestrator.cli", "run", "sweep=paper_fig5b", "backend=local", f"out={out}",
+               f"base.train.sequences={args.sequences}", f"local.workers={args.workers}",
+               f"resources.pack_size={args.pack_size}", f"base.train.stop_early={str(stop).lower()}"]
+    started = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"icsweep run exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    attrs = [zarr.open_group(str(p), mode="r").attrs for p in sorted((out / "trials").glob("*.zarr"))]
+    return {"wall_s": wall, "trained": sum(a["stop_sequences"] for a in attrs),
+            "budget": sum(a["budget_sequences"] for a in attrs), "stopped": sum(a["stopped_early"] for a in attrs),
+            "table": (out / "phase_change.csv").read_text()}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sequences", type=int, default=600_000, help="budget per trial (the paper's Fig 5b: 6e5)")
+    parser.add_argument("--pack-size", type=int, default=1, help="resources.pack_size of both variants")
+    parser.add_argument("--workers", type=int, default=2, help="local.workers (one CPU thread each)")
+    parser.add_argument("--rounds", type=int, default=1, help="alternating rounds of the two variants")
+    args = parser.parse_args()
+    results: dict[bool, list[dict]] = {False: [], True: []}
+    with tempfile.TemporaryDirectory(prefix="bench_early_stop_") as tmp:
+        for round_index in range(args.rounds):
+            for stop in (False, True):
+                out = Path(tmp) / f"{'on' if stop else 'off'}{round_index}"
+                results[stop].append(run(out, stop, args))
+                shutil.rmtree(out)
+    print(f"paper_fig5b, 6 trials x {args.sequences:,} sequences, local.workers={args.workers}, "
+          f"resources.pack_size={args.pack_size}, {args.rounds} round(s)")
+    print(f"{'stop_early':>10} {'wall s':>8} {'trained':>11} {'budget':>11} {'stopped':>8}")
+    for stop, runs in results.items():
+        for r in runs:
+            print(f"{str(stop).lower():>10} {r['wall_s']:8.1f} {r['trained']:11,} {r['budget']:11,} {r['stopped']:8d}")
+    best = {stop: min(r["wall_s"] for r in runs) for stop, runs in results.items()}
+    on, off = results[True][0], results[False][0]
+    saved = off["trained"] - on["trained"]
+    print(f"wall time on/off: {best[True] / best[False]:.2f} (best of each: {best[True]:.1f} s / {best[False]:.1f} s)")
+    print(f"compute saved: {saved:,} of {off['trained']:,} sequences ({100 * saved / off['trained']:.1f} %)")
+    equal = all(r["table"] == off["table"] for r in results[True] + results[False])
+    print(f"phase-change tables equal: {equal}")
+    print(f"target: stop on <= {TARGET_S:.0f} s end to end: {'met' if best[True] <= TARGET_S else 'missed'} "
+          f"({best[True]:.1f} s)")
+    print(off["table"].rstrip())
+    if not equal:
+        raise SystemExit("the phase-change tables differ between stop off and stop on")
+
+
+if __name__ == "__main__":
+    main()
