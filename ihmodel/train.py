@@ -20,6 +20,7 @@ from ihmodel.checkpoint import DATA_STREAM, checkpoint_state, load_checkpoint, m
 from ihmodel.clamp import ClampSet
 from ihmodel.config import TrainConfig, TrialConfig, trial_id
 from ihmodel.data import Batch, Task
+from ihmodel.errors import DivergedError
 from ihmodel.flat_adam import FlatAdam
 from ihmodel.model import Transformer
 from ihmodel.stats import Evaluation, StepStats
@@ -95,7 +96,7 @@ class TrialStore:
             self.eval_rows = []
         if "loss" in rows and not np.isfinite(rows["loss"]).all():
             bad = step - len(rows["loss"]) + int(np.flatnonzero(~np.isfinite(rows["loss"]))[0])
-            raise FloatingPointError(f"trial {trial_id(self.config)}: the training loss is not finite from step {bad}; "
+            raise DivergedError(f"trial {trial_id(self.config)}: the training loss is not finite from step {bad}; "
                                      f"it diverged: lower train.lr (now {self.config.train.lr:g})")
 
     def save(self, step: int, model_state: dict, optimizer_state: dict, shape: dict):
@@ -270,21 +271,23 @@ Clamp sets: {clamps}
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`icsweep train`: 0 when the trial is complete; 2 and one line on stderr for an expected failure."""
+    from ihmodel.errors import report_errors
+
+    return report_errors("icsweep train", lambda: train_command(list(sys.argv[1:] if argv is None else argv)))
+
+
+def train_command(argv: list[str]) -> int:
     from ihmodel.compose import clamp_set_names, compose_trial
 
-    argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):
         print(USAGE.format(clamps=", ".join(clamp_set_names())))
         return 0
-    try:
-        config = compose_trial(argv)
-        if config.store is None:
-            raise ValueError("no store path: give store=PATH.zarr")
-        started = time.perf_counter()
-        path = run_trial(config)
-    except (ValueError, KeyError, FileNotFoundError) as error:
-        print(f"icsweep train: {error}", file=sys.stderr)
-        return 2
+    config = compose_trial(argv)
+    if config.store is None:
+        raise ValueError("no store path: give store=PATH.zarr")
+    started = time.perf_counter()
+    path = run_trial(config)
     elapsed = time.perf_counter() - started
     print(f"trial {trial_id(config)} complete in {elapsed:.1f} s: {path}")
     return 0

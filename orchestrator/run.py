@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ihmodel.features import check_features
 from orchestrator.backends.base import make_backend
 from orchestrator.driver import Monitor, driver_record, live_driver
 from orchestrator.grid import axes_of, expand
@@ -25,6 +26,7 @@ def run_sweep(sweep: Sweep, quiet: bool = False) -> int:
     axes = axes_of(sweep)
     if not trials:
         raise ValueError("empty grid: no trials; give every axis, clamps and seeds at least one value")
+    check_features(t.config.data for t in trials)
     backend = make_backend(sweep, sweep_dir)
     backend.check()  # before anything is written: an unreachable cluster changes nothing
     other = live_driver(sweep_dir) if sweep_dir.is_dir() else None

@@ -1,12 +1,12 @@
-"""analysis reads the on-disk formats only: ihmodel.store, ihmodel.sweepdir, ihmodel.config; no torch, no
-orchestrator."""
+"""analysis reads the on-disk formats only: ihmodel.store, ihmodel.sweepdir, ihmodel.config, ihmodel.integrity (and
+raises ihmodel.errors); no torch, no orchestrator."""
 import ast
 import subprocess
 import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "analysis"
-ALLOWED_IHMODEL = {"ihmodel.store", "ihmodel.sweepdir", "ihmodel.config"}
+ALLOWED_IHMODEL = {"ihmodel.store", "ihmodel.sweepdir", "ihmodel.config", "ihmodel.errors", "ihmodel.integrity"}
 
 
 def test_analysis_imports_only_the_formats_from_ihmodel():
