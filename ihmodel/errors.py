@@ -8,6 +8,7 @@ bug and keeps its traceback. ICSWEEP_DEBUG=1 prints the traceback of an expected
 """
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import traceback
@@ -32,6 +33,14 @@ class DivergedError(IcsweepError, FloatingPointError):
 
 class DiskFullError(IcsweepError, OSError):
     """No space left where a trial writes its store or checkpoint."""
+
+
+def disk_error(error: OSError, directory) -> OSError:
+    """A full disk as one line naming the directory; any other OSError as it was."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFullError(f"no space left in {directory} ({error.strerror}); what was written before is "
+                             f"kept: free space and rerun to resume")
+    return error
 
 
 EXPECTED = (IcsweepError, ValueError, KeyError, FileNotFoundError)

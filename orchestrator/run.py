@@ -1,8 +1,9 @@
 """`icsweep run`: compose the sweep, expand the grid, write the manifest, group the pending trials into packs
 (orchestrator.packs) and run them on a backend.
 
-The same on every backend: complete trials are skipped, partial ones resume from their checkpoints (run_trial
-does that), new cells run. Nothing here reads backend state to decide what is done.
+The same on every backend: damaged stores and checkpoints are set aside (orchestrator.verify), complete trials
+are skipped, partial ones resume from their checkpoints (run_trial does that), new cells run. Nothing here reads
+backend state to decide what is done.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from orchestrator.packs import describe
 from orchestrator.status import counts, format_counts, report, sweep_states
 from orchestrator.sweep import pending, prepare
 from orchestrator.sweep_config import Sweep
+from orchestrator.verify import set_aside
 
 
 def run_sweep(sweep: Sweep, quiet: bool = False) -> int:
@@ -34,10 +36,12 @@ def run_sweep(sweep: Sweep, quiet: bool = False) -> int:
         raise ValueError(f"{sweep_dir} is being run by another driver (pid {other.get('pid')} on "
                          f"{other.get('host')}); wait for it, or `icsweep cancel {sweep_dir}` and rerun")
     prepare(sweep, trials, axes, sweep_dir)
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    for line in set_aside(sweep_dir, [t.id for t in trials], [t.config_yaml for t in trials]):
+        say(f"icsweep: {line}")
     todo = pending(trials, sweep_dir)
     done = len(trials) - len(todo)
     packs = backend.packs(todo) if todo else []
-    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     say(f"icsweep: sweep {sweep.name}: {len(trials)} trials in {sweep_dir}; {done} complete, "
         f"{len(todo)} to run on {backend.name}" + (f" in {describe(packs)}" if len(packs) < len(todo) else ""))
     if todo:
