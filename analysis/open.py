@@ -5,7 +5,8 @@
 
 The grid comes from the manifest (ihmodel.sweepdir), the numbers from the stores (ihmodel.store). Trials without
 a store, or whose store is not complete, are NaN where they have no rows, marked in the boolean `complete`
-variable, and warned about. A store that does not belong to the sweep is refused.
+variable, and warned about. So are damaged stores (ihmodel.integrity): no number is ever read from a chunk that
+fails its checksum. A store that does not belong to the sweep is refused.
 """
 from __future__ import annotations
 
