@@ -18,7 +18,7 @@ from xarray.backends import BackendArray
 from xarray.core import indexing
 
 from ihmodel.store import EVALUATORS, VARIABLES
-from analysis.storeio import ArrayMeta, Read, StoreInfo, read_many
+from analysis.storeio import ArrayMeta, DamagedStoreWarning, Read, StoreInfo, read_many
 
 INNER_DIMS = ("layer", "head", "evaluator")
 
@@ -85,8 +85,15 @@ class GridArray(BackendArray):
             row_sel = slice(rows[0], rows[-1] + 1) if np.all(np.diff(rows) == 1) else rows
             sel = (row_sel, *(p[h] for p, h in zip(picks[g + 1:], inner_have)))
             plans.append((out_cell, have, inner_have, Read(source.path, source.name, [sel], source.meta)))
-        for (out_cell, have, inner_have, _), (block,) in zip(plans, read_many([plan[3] for plan in plans])):
-            out[out_cell][np.ix_(have, *inner_have)] = block
+        damaged: dict[int, str] = {}
+        for i, ((out_cell, have, inner_have, read), blocks) in enumerate(
+                zip(plans, read_many([plan[3] for plan in plans], damaged))):
+            if i in damaged:  # left NaN: a damaged chunk's numbers are never returned
+                warnings.warn(f"trial {read.path.name.removesuffix('.zarr')} is damaged ({damaged[i]}); its cells "
+                              f"are NaN there: `icsweep run` sets the store aside and trains the trial again",
+                              DamagedStoreWarning, stacklevel=2)
+                continue
+            out[out_cell][np.ix_(have, *inner_have)] = blocks[0]
         return out[tuple(slice(None) if k else 0 for k in keep)]
 
 

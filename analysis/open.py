@@ -5,7 +5,8 @@
 
 The grid comes from the manifest (ihmodel.sweepdir), the numbers from the stores (ihmodel.store). Trials without
 a store, or whose store is not complete, are NaN where they have no rows, marked in the boolean `complete`
-variable, and warned about. A store that does not belong to the sweep is refused.
+variable, and warned about. So are damaged stores (ihmodel.integrity): no number is ever read from a chunk that
+fails its checksum. A store that does not belong to the sweep is refused.
 """
 from __future__ import annotations
 
@@ -19,24 +20,30 @@ import numpy as np
 import xarray as xr
 
 from ihmodel.config import TrialConfig, trial_id
-from ihmodel.store import is_complete, scalar_coords
+from ihmodel.integrity import store_damage
+from ihmodel.store import scalar_coords
 from ihmodel.sweepdir import Manifest, read_manifest, store_path, trials_dir
 from analysis.grid import align_rows, evaluator_names, grid_variables
-from analysis.storeio import CorruptStoreError, StoreInfo, config_from_yaml, read_info
+from analysis.storeio import CorruptStoreError, DamagedStoreWarning, StoreInfo, config_from_yaml, read_info
 
 
 class IncompleteSweepWarning(UserWarning):
     """Some trials have no store yet, or an incomplete one: their cells are NaN where they lack rows."""
 
 
-def _read_store(path: Path) -> StoreInfo | None:
-    """A store's metadata; None for no store or one still being laid down; corrupt finished stores raise."""
+def _read_store(path: Path) -> tuple[StoreInfo | None, str | None]:
+    """A store's metadata, or None for no store or one still being laid down; or (None, what is damaged).
+
+    Everything but the per-step arrays is verified here (a few small chunks a store); per-step chunks are verified
+    as they are read (analysis.grid), so opening a sweep stays a read of its metadata."""
     try:
-        return read_info(path)
+        info = read_info(path)
     except CorruptStoreError as error:
-        if is_complete(path):
-            raise CorruptStoreError(f"{error}; delete {path} and rerun the sweep to redo that trial") from None
-        return None  # a trial that has only begun to create its store: no rows yet
+        if not (path / "zarr.json").exists():
+            return None, None  # a trial that has only begun to create its store: no rows yet
+        return None, str(error).removeprefix(f"{path}: ")
+    damage = store_damage(path, skip_row_dims=("step",)) if info is not None else []
+    return (None, "; ".join(damage)) if damage else (info, None)
 
 
 def _store_config(info: StoreInfo) -> TrialConfig:
@@ -152,12 +159,12 @@ def open_sweep(path: str | Path) -> xr.Dataset:
             if store.name.removesuffix(".zarr") not in where:
                 raise ValueError(f"{store}: not a trial of sweep {manifest.sweep!r} (its manifest lists no such "
                                  f"id); a store of another sweep? move it out of {trials_dir(sweep_dir)}")
-    infos, configs, missing, incomplete = {}, {}, [], []
+    infos, configs, missing, incomplete, damaged = {}, {}, [], [], []
     for entry in manifest.trials:
         flat = where[entry.id]
-        info = _read_store(store_path(sweep_dir, entry.id))
+        info, damage = _read_store(store_path(sweep_dir, entry.id))
         if info is None:
-            missing.append(entry.id)
+            (damaged if damage else missing).append(f"{entry.id} ({damage})" if damage else entry.id)
             configs[flat] = config_from_yaml(entry.config_yaml)
             continue
         config = _store_config(info)
@@ -174,6 +181,11 @@ def open_sweep(path: str | Path) -> xr.Dataset:
     ds = ds.assign_coords(trial_id=_grid_coord({where[e.id]: e.id for e in manifest.trials}, grid_dims, grid_shape))
     ds.attrs = {"sweep": manifest.sweep, "sweep_dir": str(sweep_dir), "sweep_config_yaml": manifest.sweep_config_yaml}
     _warn_incomplete(f"sweep {manifest.sweep!r}", missing, incomplete, len(manifest.trials))
+    if damaged:
+        warnings.warn(f"sweep {manifest.sweep!r}: {len(damaged)} damaged trial stores, their cells NaN and "
+                      f"`complete` False: {'; '.join(damaged[:5])}{'; ...' if len(damaged) > 5 else ''}; "
+                      f"`icsweep run` sets them aside and trains those trials again", DamagedStoreWarning,
+                      stacklevel=2)
     return ds
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ihmodel.errors import report_errors
 from analysis.open import open_sweep
 from analysis.phase import METHODS
 from analysis.table import format_table, phase_change_table
@@ -53,14 +54,13 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run `icsweep analyze`; returns the exit status (0 ok, 2 for a bad sweep directory or store)."""
     args = parser().parse_args(argv)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            table = analyze(args.sweep_dir, figures=args.figures, out_dir=args.out, method=args.method)
-    except (FileNotFoundError, ValueError, KeyError) as error:
-        message = error.args[0] if error.args else repr(error)
-        print(f"icsweep analyze: {' '.join(str(message).split())}", file=sys.stderr)
-        return 2
+    return report_errors("icsweep analyze", lambda: _analyze_and_print(args))
+
+
+def _analyze_and_print(args: argparse.Namespace) -> int:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        table = analyze(args.sweep_dir, figures=args.figures, out_dir=args.out, method=args.method)
     for warning in caught:
         if issubclass(warning.category, UserWarning):
             print(f"warning: {warning.message}", file=sys.stderr)

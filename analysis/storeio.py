@@ -22,6 +22,8 @@ import yaml
 from zarr.api import asynchronous as zarr_async
 from zarr.core.sync import sync
 
+from ihmodel.errors import DamagedStoreError
+from ihmodel.integrity import checksummed, chunk_intact
 from ihmodel.store import scalar_coords
 from ihmodel.config import (ClampConfig, DataConfig, EvalConfig, InterventionConfig, ModelConfig, TrainConfig,
                             TrialConfig, from_yaml)
@@ -32,8 +34,16 @@ MAX_CONCURRENT_READS = 64
 SCALAR_NAMES = frozenset(scalar_coords(TrialConfig()))  # the config scalars' 0-d arrays: not read
 
 
-class CorruptStoreError(ValueError):
+class CorruptStoreError(DamagedStoreError):
     """A store whose metadata cannot be read or does not follow ihmodel.store's schema."""
+
+
+class DamagedChunkError(CorruptStoreError):
+    """A chunk whose bytes fail their checksum."""
+
+
+class DamagedStoreWarning(UserWarning):
+    """A trial store is damaged: its cells are NaN where the damage lies (and `complete` is False)."""
 
 
 @dataclass
@@ -129,6 +139,7 @@ class FastPlan:
     chunks: tuple[int, ...]
     fill: Any
     zstd: bool
+    crc32c: bool  # each chunk ends in a CRC-32C of the bytes before it (ihmodel.integrity)
 
 
 def _fast_plan(meta: dict[str, Any]) -> FastPlan | None:
@@ -140,15 +151,18 @@ def _fast_plan(meta: dict[str, Any]) -> FastPlan | None:
                 or meta["chunk_key_encoding"] != {"name": "default", "configuration": {"separator": "/"}}
                 or meta["chunk_grid"]["name"] != "regular"
                 or not codecs or codecs[0].get("name") != "bytes"
-                or (codecs[0].get("configuration") or {}).get("endian", "little") != "little"
-                or any(c.get("name") != "zstd" for c in codecs[1:]) or len(codecs) > 2):
+                or (codecs[0].get("configuration") or {}).get("endian", "little") != "little"):
+            return None
+        crc32c = checksummed(codecs)
+        compressors = codecs[1:-1] if crc32c else codecs[1:]
+        if any(c.get("name") != "zstd" for c in compressors) or len(compressors) > 1:
             return None
         fill = meta["fill_value"]
         fill = _SPECIAL_FILLS[fill] if isinstance(fill, str) else fill
         if not isinstance(fill, (int, float, bool)):
             return None
         chunks = tuple(meta["chunk_grid"]["configuration"]["chunk_shape"])
-        return FastPlan(dtype.newbyteorder("<"), chunks, fill, len(codecs) == 2)
+        return FastPlan(dtype.newbyteorder("<"), chunks, fill, bool(compressors), crc32c)
     except (KeyError, TypeError, ValueError):
         return None
 
@@ -169,6 +183,10 @@ def _read_direct(root: str, shape: tuple[int, ...], plan: FastPlan, selection: t
                     raw = handle.read()
             except FileNotFoundError:
                 continue  # never written: the fill value
+            if plan.crc32c:
+                if not chunk_intact(raw):
+                    raise DamagedChunkError(f"chunk {name.removeprefix(root + '/')} fails its checksum")
+                raw = raw[:-4]
             data = _ZSTD.decode(raw) if plan.zstd else raw
             chunk = np.frombuffer(data, plan.dtype).reshape(plan.chunks)
             starts = [i * c for i, c in zip(index, plan.chunks)]
@@ -189,8 +207,11 @@ class Read:
     meta: ArrayMeta | None = None
 
 
-def read_many(reads: Sequence[Read]) -> list[list[np.ndarray]]:
-    """Every read's selections (order kept): plain layouts directly, the rest in one zarr async gather."""
+def read_many(reads: Sequence[Read], damaged: dict[int, str] | None = None) -> list[list[np.ndarray] | None]:
+    """Every read's selections (order kept): plain layouts directly, the rest in one zarr async gather.
+
+    A read of damaged data (a chunk failing its checksum, an undecodable file) raises CorruptStoreError, or, given
+    `damaged`, yields None and says why in damaged[index]: its numbers are never returned."""
     results: list[list[np.ndarray] | None] = [None] * len(reads)
     slow = []
     for i, read in enumerate(reads):
@@ -202,8 +223,11 @@ def read_many(reads: Sequence[Read]) -> list[list[np.ndarray]]:
             root = f"{os.fspath(read.path)}/{read.name}"
             results[i] = [_read_direct(root, read.meta.shape, plan, sel) for sel in read.selections]
         except (OSError, ValueError, RuntimeError) as error:
-            raise CorruptStoreError(f"{read.path}: unreadable array {read.name!r} ({error}); delete the store and "
-                                    f"rerun the sweep to redo that trial") from error
+            reason = f"array {read.name!r}: {error}"
+            if damaged is None:
+                raise CorruptStoreError(f"{read.path}: {reason}; `icsweep run` sets the store aside and trains "
+                                        f"the trial again") from error
+            damaged[i] = reason
     if not slow:
         return results
 

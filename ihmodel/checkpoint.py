@@ -1,16 +1,20 @@
 """Checkpoints: everything a trial needs to continue exactly where it stopped.
 
 Model, optimizer, the step reached (the data stream is a function of the step) and how many rows the store held
-then. Written to a temporary file and renamed, so a kill during the write leaves the previous checkpoint intact.
+then. Written to a temporary file and renamed, so a kill during the write leaves the previous checkpoint intact;
+its bytes end in a checksum, verified at every load.
 """
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
+import google_crc32c
 import torch
 
 from ihmodel.config import TrialConfig, from_yaml, to_yaml, trial_id
+from ihmodel.errors import DamagedStoreError, disk_error
 from ihmodel.model import Transformer
 
 
@@ -45,19 +49,52 @@ def model_shape(model: Transformer) -> dict:
 
 
 def write_checkpoint(path: Path, state: dict):
+    """torch.save's bytes, then CHECKSUM_TAG and their CRC-32C (4 bytes, little-endian): verified at load."""
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed mid-write
         stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(payload)
+            handle.write(CHECKSUM_TAG + google_crc32c.value(payload).to_bytes(4, "little"))
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise disk_error(error, path.parent) from None
     os.replace(tmp, path)
+
+
+# Marks the checksum at a checkpoint's end; a file without it predates checksums and is loaded unverified.
+CHECKSUM_TAG = b"\0icsweep-crc32c:"
 
 
 def load_checkpoint(path: Path, map_location) -> dict:
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
+        raw = path.read_bytes()
+        tail = len(CHECKSUM_TAG) + 4
+        if raw[-tail:-4] == CHECKSUM_TAG:
+            payload = raw[:-tail]
+            if google_crc32c.value(payload) != int.from_bytes(raw[-4:], "little"):
+                raise DamagedStoreError(f"checkpoint {path} fails its checksum")
+        else:
+            payload = raw
+        return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=False)
+    except DamagedStoreError:
+        raise
     except Exception as error:  # a torn or foreign file: name it and the fix
-        raise ValueError(f"checkpoint {path} is unreadable ({type(error).__name__}: {error}); delete it to restart "
-                         f"the trial from scratch") from None
+        raise DamagedStoreError(f"checkpoint {path} is unreadable ({type(error).__name__}: {error}); `icsweep run` "
+                                f"sets it aside and trains the trial again") from None
+
+
+def checkpoint_damage(path: Path) -> str | None:
+    """What is wrong with the checkpoint at `path` (None: it loads and verifies)."""
+    try:
+        load_checkpoint(path, map_location="cpu")
+    except DamagedStoreError as error:
+        return str(error)
+    return None
 
 
 def load_model(path: str | Path, device) -> Transformer:

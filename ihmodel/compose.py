@@ -10,7 +10,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
-from hydra.errors import ConfigCompositionException, MissingConfigException
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -35,7 +35,7 @@ def compose_config(config_name: str, overrides: list[str], config_dir: Path = CO
             return compose(config_name=config_name, overrides=list(overrides))
         except MissingConfigException as error:
             raise ValueError(f"{_first_line(error)}; clamp sets: {', '.join(clamp_set_names())}") from None
-        except (ConfigCompositionException, OmegaConfBaseException) as error:
+        except (ConfigCompositionException, OverrideParseException, OmegaConfBaseException) as error:
             cause = error.__cause__ or error
             raise ValueError(f"bad {what}: {_first_line(cause)} ({keys_hint})") from None
         finally:

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ihmodel import counter_rng
 from ihmodel.config import DataConfig, EvalConfig
-from ihmodel.features import load_features
+from ihmodel.features import check_split, load_features
 from ihmodel.model import TableRows
 
 
@@ -197,13 +197,7 @@ class Task:
         if features is None:
             features = torch.from_numpy(load_features(config)).to(device)
         n_classes, n_exemplars, _ = features.shape
-        if config.n_train_classes + config.n_test_classes > n_classes:
-            raise ValueError(f"data.n_train_classes + data.n_test_classes = "
-                             f"{config.n_train_classes + config.n_test_classes} but the features have "
-                             f"{n_classes} classes")
-        if not 0 < config.n_train_exemplars < n_exemplars:
-            raise ValueError(f"data.n_train_exemplars={config.n_train_exemplars}; the features have {n_exemplars} "
-                             f"exemplars per class and some must be held out")
+        check_split(config, features.shape)
         self.d_in = features.shape[2]
         self.features = features  # [class, exemplar, d_in]
         self.train_classes = torch.arange(config.n_train_classes, device=device)

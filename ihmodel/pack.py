@@ -37,7 +37,8 @@ from ihmodel.model import Transformer
 from ihmodel.stacked import StackedAdam, StackedParameters
 from ihmodel.stats import Evaluation, StepStats
 from ihmodel.store import is_complete, resumable
-from ihmodel.train import TrialStore, compiled, crossed, records_eval, resolve_device, train_loop
+from ihmodel.train import (TrialStore, announce_set_aside, compiled, crossed, records_eval, resolve_device,
+                           train_loop)
 
 # Result-defining keys that may differ between the trials of one pack (they change no tensor shape).
 PER_TRIAL_KEYS = ("seed", "seed_data", "seed_eval", "clamp", "train.lr", "train.beta1", "train.beta2",
@@ -324,6 +325,8 @@ def run_pack(configs: list[TrialConfig], store_paths: list[str | Path],
         raise ValueError("run_pack: these trials cannot share a pack (shapes, schedule, device or threads differ); "
                          "group them by ihmodel.pack.pack_key")
     errors: list[BaseException | None] = [None] * len(configs)
+    for path in store_paths:
+        announce_set_aside(Path(path))
     pending = [i for i, path in enumerate(store_paths) if not is_complete(path)]
     if not pending:
         return errors

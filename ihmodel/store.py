@@ -19,6 +19,7 @@ import zarr
 from zarr.core.sync import sync
 
 from ihmodel.config import EVALUATORS, TrialConfig, to_yaml, trial_id
+from ihmodel.integrity import CHUNK_COMPRESSORS
 
 
 @dataclass(frozen=True)
@@ -154,8 +155,10 @@ class StoreWriter:
             "complete": False,
         }
         ds = xr.Dataset(data_vars, coords=coords, attrs=attrs)
-        encoding = {name: {"chunks": (chunk,) + tuple(sizes[d] for d in ds[name].dims[1:])}
-                    for name in list(ds.data_vars) + ["step", "sequences", "eval_step", "eval_sequences"]}
+        rows = list(ds.data_vars) + ["step", "sequences", "eval_step", "eval_sequences"]
+        encoding = {name: {"compressors": CHUNK_COMPRESSORS} for name in ds.variables}  # every chunk checksummed
+        for name in rows:
+            encoding[name]["chunks"] = (chunk,) + tuple(sizes[d] for d in ds[name].dims[1:])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=UserWarning)
             ds.to_zarr(str(path), mode="w", zarr_format=3, consolidated=False, encoding=encoding)

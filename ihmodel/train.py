@@ -1,7 +1,8 @@
 """One trial, end to end: `run_trial(config, store_path)`, and its command line `icsweep train key=value ...`.
 
 The contract every backend relies on: idempotent and resumable. A complete store returns at once; a checkpoint
-continues exactly where it stopped (its statistics equal an uninterrupted run's); otherwise the trial starts.
+continues exactly where it stopped (its statistics equal an uninterrupted run's); otherwise the trial starts. A
+damaged store or checkpoint is first set aside (ihmodel.set_aside).
 Statistics are written as training goes and the store is marked complete last.
 """
 from __future__ import annotations
@@ -20,8 +21,10 @@ from ihmodel.checkpoint import DATA_STREAM, checkpoint_state, load_checkpoint, m
 from ihmodel.clamp import ClampSet
 from ihmodel.config import EVALUATORS, TrainConfig, TrialConfig, trial_id
 from ihmodel.data import Batch, Task
+from ihmodel.errors import DivergedError, disk_error
 from ihmodel.flat_adam import FlatAdam
 from ihmodel.model import Transformer
+from ihmodel.set_aside import set_aside_damaged
 from ihmodel.stats import Evaluation, StepStats
 from ihmodel.stopping import STOP_EVALUATOR, stop_index
 from ihmodel.store import StoreWriter, checkpoint_path, is_complete, resumable
@@ -108,19 +111,22 @@ class TrialStore:
     def write(self, step: int, rows: dict):
         """Append the step rows that end at `step` and the evaluations so far."""
         batch_size = self.config.train.batch_size
-        if rows:
-            n = len(next(iter(rows.values())))
-            steps = np.arange(step - n, step)
-            self.writer.append("step", steps, steps * batch_size, rows)
-        if self.eval_rows:
-            steps = np.array([s for s, _ in self.eval_rows])
-            names = [n for n in self.eval_rows[0][1] if n in self.writer.arrays]
-            eval_rows = {n: torch.stack([r[n] for _, r in self.eval_rows]).cpu().numpy() for n in names}
-            self.writer.append("eval_step", steps, steps * batch_size, eval_rows)
-            self.eval_rows = []
+        try:
+            if rows:
+                n = len(next(iter(rows.values())))
+                steps = np.arange(step - n, step)
+                self.writer.append("step", steps, steps * batch_size, rows)
+            if self.eval_rows:
+                steps = np.array([s for s, _ in self.eval_rows])
+                names = [n for n in self.eval_rows[0][1] if n in self.writer.arrays]
+                eval_rows = {n: torch.stack([r[n] for _, r in self.eval_rows]).cpu().numpy() for n in names}
+                self.writer.append("eval_step", steps, steps * batch_size, eval_rows)
+                self.eval_rows = []
+        except OSError as error:  # the store keeps its rows to the last checkpoint; a rerun resumes from there
+            raise disk_error(error, self.store_path.parent) from None
         if "loss" in rows and not np.isfinite(rows["loss"]).all():
             bad = step - len(rows["loss"]) + int(np.flatnonzero(~np.isfinite(rows["loss"]))[0])
-            raise FloatingPointError(f"trial {trial_id(self.config)}: the training loss is not finite from step {bad}; "
+            raise DivergedError(f"trial {trial_id(self.config)}: the training loss is not finite from step {bad}; "
                                      f"it diverged: lower train.lr (now {self.config.train.lr:g})")
 
     def save(self, step: int, model_state: dict, optimizer_state: dict, shape: dict):
@@ -243,6 +249,7 @@ def run_trial(config: TrialConfig, store_path: str | Path | None = None, progres
     store_path = Path(store_path if store_path is not None else config.store or "")
     if not str(store_path) or str(store_path) == ".":
         raise ValueError("no store path: give store=PATH.zarr (or run_trial(config, store_path))")
+    announce_set_aside(store_path)
     if is_complete(store_path):
         return store_path
     torch.set_num_threads(config.threads)
@@ -251,6 +258,12 @@ def run_trial(config: TrialConfig, store_path: str | Path | None = None, progres
     trial.start_or_resume()
     train_loop(trial, config.train, trials=1, desc=trial_id(config)[:8], progress=progress)
     return store_path
+
+
+def announce_set_aside(store_path: Path):
+    """Set aside a damaged store or checkpoint (ihmodel.set_aside), one line on stderr for each."""
+    for line in set_aside_damaged(store_path):
+        print(f"icsweep: {line}", file=sys.stderr, flush=True)
 
 
 def schedule(runner, train: TrainConfig) -> Iterator[dict]:
@@ -304,21 +317,23 @@ Clamp sets: {clamps}
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`icsweep train`: 0 when the trial is complete; 2 and one line on stderr for an expected failure."""
+    from ihmodel.errors import report_errors
+
+    return report_errors("icsweep train", lambda: train_command(list(sys.argv[1:] if argv is None else argv)))
+
+
+def train_command(argv: list[str]) -> int:
     from ihmodel.compose import clamp_set_names, compose_trial
 
-    argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):
         print(USAGE.format(clamps=", ".join(clamp_set_names())))
         return 0
-    try:
-        config = compose_trial(argv)
-        if config.store is None:
-            raise ValueError("no store path: give store=PATH.zarr")
-        started = time.perf_counter()
-        path = run_trial(config)
-    except (ValueError, KeyError, FileNotFoundError) as error:
-        print(f"icsweep train: {error}", file=sys.stderr)
-        return 2
+    config = compose_trial(argv)
+    if config.store is None:
+        raise ValueError("no store path: give store=PATH.zarr")
+    started = time.perf_counter()
+    path = run_trial(config)
     elapsed = time.perf_counter() - started
     print(f"trial {trial_id(config)} complete in {elapsed:.1f} s: {path}")
     return 0

@@ -1,9 +1,10 @@
 """`icsweep`: the command line.
 
     icsweep run sweep=smoke backend=ray out=runs/smoke [overrides]   launch or resume a sweep
-    icsweep status DIR [--watch | --json]                             counts, sequences, errors; live table; JSON
+    icsweep status DIR [--watch | --json] [--verify]                  counts, sequences, errors; live table; JSON
     icsweep list DIR                                                  one line per trial
     icsweep cancel DIR                                                stop the driver and SLURM jobs
+    icsweep verify DIR                                                check every store's and checkpoint's checksums
     icsweep train key=value ...                                       one trial (ihmodel.train)
     icsweep analyze DIR ...                                           phase-change table and figures (analysis)
 """
@@ -13,8 +14,10 @@ import json
 import sys
 from pathlib import Path
 
+from ihmodel.errors import report_errors
+
 USAGE = __doc__.split("\n", 2)[2].rstrip()
-COMMANDS = ("run", "status", "list", "cancel", "train", "analyze")
+COMMANDS = ("run", "status", "list", "cancel", "verify", "train", "analyze")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,13 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"icsweep: unknown command {command!r}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    handler = {"run": cmd_run, "status": cmd_status, "list": cmd_list, "cancel": cmd_cancel, "verify": cmd_verify,
+               "train": cmd_train, "analyze": cmd_analyze}[command]
     try:
-        return {"run": cmd_run, "status": cmd_status, "list": cmd_list, "cancel": cmd_cancel,
-                "train": cmd_train, "analyze": cmd_analyze}[command](rest) or 0
-    except (ValueError, KeyError, FileNotFoundError) as error:
-        message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
-        print(f"icsweep {command}: {message}", file=sys.stderr)
-        return 2
+        return report_errors(f"icsweep {command}", lambda: handler(rest) or 0)
     except KeyboardInterrupt:
         print(f"icsweep {command}: interrupted; stores and checkpoints are kept: rerun to resume "
               f"(SLURM jobs keep running: icsweep cancel DIR stops them)", file=sys.stderr)
@@ -82,7 +82,7 @@ def cmd_status(args: list[str]) -> int:
     watch = "--watch" in args or "-w" in args
     paths = [a for a in args if not a.startswith("-")]
     if len(paths) != 1:
-        raise ValueError("usage: icsweep status DIR [--watch | --json]")
+        raise ValueError("usage: icsweep status DIR [--watch | --json] [--verify]")
     from orchestrator.status import report
 
     sweep_dir = Path(paths[0])
@@ -97,7 +97,8 @@ def cmd_status(args: list[str]) -> int:
 
         watch_live(sweep_dir)
     c = report(sweep_dir)
-    return 1 if c["failed"] else 0
+    damaged = cmd_verify([str(sweep_dir)]) if "--verify" in args else 0
+    return 1 if c["failed"] or damaged else 0
 
 
 def cmd_list(args: list[str]) -> int:
@@ -117,6 +118,14 @@ def cmd_cancel(args: list[str]) -> int:
     for line in cancel(Path(args[0])):
         print(f"icsweep cancel: {line}")
     return 0
+
+
+def cmd_verify(args: list[str]) -> int:
+    if len(args) != 1:
+        raise ValueError("usage: icsweep verify DIR")
+    from orchestrator.verify import verify
+
+    return 1 if verify(Path(args[0])) else 0
 
 
 def cmd_train(args: list[str]) -> int:

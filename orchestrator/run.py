@@ -1,14 +1,16 @@
 """`icsweep run`: compose the sweep, expand the grid, write the manifest, group the pending trials into packs
 (orchestrator.packs) and run them on a backend; then, with `refine.axes`, refinement rounds (orchestrator.refine).
 
-The same on every backend: complete trials are skipped, partial ones resume from their checkpoints (run_trial
-does that), new cells run. Nothing here reads backend state to decide what is done.
+The same on every backend: damaged stores and checkpoints are set aside (orchestrator.verify), complete trials
+are skipped, partial ones resume from their checkpoints (run_trial does that), new cells run. Nothing here reads
+backend state to decide what is done.
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
+from ihmodel.features import check_features
 from orchestrator.backends import make_backend
 from orchestrator.driver import Monitor, driver_record, live_driver
 from orchestrator.grid import Trial, axes_of, expand
@@ -17,6 +19,7 @@ from orchestrator.refine import next_round, record, refined_trials
 from orchestrator.status import counts, format_counts, report, sweep_states
 from orchestrator.sweep import add_refinement, pending, prepare
 from orchestrator.sweep_config import Sweep
+from orchestrator.verify import set_aside
 
 
 def run_sweep(sweep: Sweep, quiet: bool = False) -> int:
@@ -27,6 +30,7 @@ def run_sweep(sweep: Sweep, quiet: bool = False) -> int:
     axes = axes_of(sweep)
     if not trials:
         raise ValueError("empty grid: no trials; give every axis, clamps and seeds at least one value")
+    check_features(t.config.data for t in trials)
     backend = make_backend(sweep, sweep_dir)
     backend.check()  # before anything is written: an unreachable cluster changes nothing
     other = live_driver(sweep_dir) if sweep_dir.is_dir() else None
@@ -37,6 +41,8 @@ def run_sweep(sweep: Sweep, quiet: bool = False) -> int:
     if sweep.refine.axes:  # earlier rounds' cells are this run's too: resumed like the grid's
         trials += refined_trials(sweep_dir, {t.id for t in trials})
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    for line in set_aside(sweep_dir, [t.id for t in trials], [t.config_yaml for t in trials]):
+        say(f"icsweep: {line}")
     todo = pending(trials, sweep_dir)
     headline = f"icsweep: sweep {sweep.name}: {len(trials)} trials in {sweep_dir}; {len(trials) - len(todo)} complete, "
     if not (todo or sweep.refine.axes):

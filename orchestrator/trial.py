@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ihmodel.config import from_yaml
+from ihmodel.errors import IcsweepError, one_line
 from ihmodel.store import checkpoint_path, is_complete
 from ihmodel.sweepdir import logs_dir, store_path
 
@@ -253,7 +254,10 @@ def _heartbeat(paths: list[Path], stop: threading.Event):
 
 
 def _write_error(files: dict[str, Path], error: BaseException, log: Path) -> str:
-    last = traceback.format_exception_only(type(error), error)[-1].strip() or type(error).__name__
+    if isinstance(error, IcsweepError):  # its message is the whole story (a diverged loss, a full disk)
+        last = one_line(error)
+    else:
+        last = traceback.format_exception_only(type(error), error)[-1].strip() or type(error).__name__
     line = f"{last.splitlines()[0]} (log: {log})"
     files["error"].write_text(line + "\n")
     return line

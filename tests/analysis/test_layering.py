@@ -1,12 +1,14 @@
-"""analysis reads the on-disk formats only (ihmodel.store, ihmodel.sweepdir, ihmodel.config) and shares the
-phase-change threshold with the early-stop rule (ihmodel.stopping); no torch, no orchestrator."""
+"""analysis reads the on-disk formats only (ihmodel.store, ihmodel.sweepdir, ihmodel.config, ihmodel.integrity;
+it raises ihmodel.errors) and shares the phase-change threshold with the early-stop rule (ihmodel.stopping); no
+torch, no orchestrator."""
 import ast
 import subprocess
 import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "analysis"
-ALLOWED_IHMODEL = {"ihmodel.store", "ihmodel.sweepdir", "ihmodel.config", "ihmodel.stopping"}
+ALLOWED_IHMODEL = {"ihmodel.store", "ihmodel.sweepdir", "ihmodel.config", "ihmodel.errors", "ihmodel.integrity",
+                   "ihmodel.stopping"}
 
 
 def test_analysis_imports_only_the_formats_from_ihmodel():

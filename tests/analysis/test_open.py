@@ -7,7 +7,7 @@ import xarray as xr
 
 from analysis import IncompleteSweepWarning, open_sweep, open_trials
 from analysis.grid import GridArray
-from analysis.storeio import CorruptStoreError
+from analysis.storeio import DamagedStoreWarning
 from analysis.synthetic import small_config, with_value, write_trial
 from ihmodel.config import trial_id
 from ihmodel.store import EVALUATORS
@@ -176,14 +176,53 @@ def test_a_store_under_another_trials_name_is_refused(tmp_path, sweep_dir):
         open_sweep(tmp_path / "sweep")
 
 
-def test_a_corrupt_complete_store_is_one_error_naming_the_fix(tmp_path, sweep_dir):
+def damage_chunk(store, array: str, chunk: str = "c/0"):
+    """Random bytes over the middle of one chunk file, as a failing disk or a stray write leaves it."""
+    path = store / array / chunk
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2:len(raw) // 2 + 8] = np.random.default_rng(0).bytes(8)
+    path.write_bytes(bytes(raw))
+
+
+def test_a_store_with_unreadable_metadata_is_a_nan_cell_named_in_a_warning(tmp_path, sweep_dir):
     shutil.copytree(sweep_dir, tmp_path / "sweep")
     entry = read_manifest(tmp_path / "sweep").trials[0]
     (store_path(tmp_path / "sweep", entry.id) / "eval_loss" / "zarr.json").write_text("{not json")
 
-    with pytest.raises(CorruptStoreError, match=rf"{entry.id}.zarr: unreadable metadata of array 'eval_loss'.*"
-                                                r"delete .* and rerun the sweep"):
-        open_sweep(tmp_path / "sweep")
+    with pytest.warns(DamagedStoreWarning, match=rf"1 damaged trial stores.*{entry.id} \(unreadable metadata of "
+                                                 r"array 'eval_loss'"):
+        ds = open_quietly(tmp_path / "sweep")
+    cell = ds.sel(entry.axes)
+    assert not cell["complete"].item()
+    assert np.isnan(cell["loss"].values).all() and np.isnan(cell["eval_loss"].values).all()
+
+
+def test_an_eval_chunk_failing_its_checksum_makes_the_cell_nan_and_incomplete(tmp_path, sweep_dir):
+    shutil.copytree(sweep_dir, tmp_path / "sweep")
+    entry = read_manifest(tmp_path / "sweep").trials[0]
+    damage_chunk(store_path(tmp_path / "sweep", entry.id), "eval_loss", "c/0/0")
+
+    with pytest.warns(DamagedStoreWarning, match=rf"{entry.id} \(array 'eval_loss' chunk c/0/0 fails its checksum"):
+        ds = open_quietly(tmp_path / "sweep")
+    cell = ds.sel(entry.axes)
+    assert not cell["complete"].item()
+    assert np.isnan(cell["eval_loss"].values).all()
+
+
+def test_a_step_chunk_failing_its_checksum_reads_as_nan_with_a_warning(tmp_path, sweep_dir):
+    shutil.copytree(sweep_dir, tmp_path / "sweep")
+    entry = read_manifest(tmp_path / "sweep").trials[0]
+    intact = open_quietly(tmp_path / "sweep").sel(entry.axes)["loss"].values
+    damage_chunk(store_path(tmp_path / "sweep", entry.id), "loss", "c/0")
+    ds = open_quietly(tmp_path / "sweep")  # per-step chunks are verified as they are read
+
+    with pytest.warns(DamagedStoreWarning, match=rf"trial {entry.id} is damaged \(array 'loss': chunk c/0 fails "
+                                                 r"its checksum\)"):
+        actual = ds.sel(entry.axes)["loss"].values
+    assert not np.isnan(intact).any()
+    assert np.isnan(actual).all()  # the cell's read met the damaged chunk: none of its numbers are returned
+    other = read_manifest(tmp_path / "sweep").trials[1]
+    assert not np.isnan(ds.sel(other.axes)["loss"].values).any()  # the other cells read as before
 
 
 def test_a_store_still_being_created_counts_as_missing(tmp_path, sweep_dir, layout):

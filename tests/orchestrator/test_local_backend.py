@@ -59,14 +59,14 @@ def test_in_process_fallback(tmp_path):
 def test_a_failing_trial_is_retried_then_reported(tmp_path):
     out = tmp_path / "bad"
     proc = icsweep("run", "sweep=smoke", f"out={out}", "seeds=[1]", "clamps=[none]", "axes.data.n_labels=[5]",
-                   "base.data.features=/nonexistent/features.h5", "resources.max_failures=2", *TINY)
+                   "base.train.lr=1e6", "resources.max_failures=2", *TINY)  # a loss that diverges
     assert proc.returncode == 1
     assert "failed 1" in proc.stdout
     (tid, runs), = attempts(out).items()
     assert [a["outcome"] for a in runs] == ["failed"] * 3
     error = (out / "logs" / f"{tid}.error").read_text()
-    assert error.startswith("FileNotFoundError: features file /nonexistent/features.h5 not found")
+    assert error.startswith(f"trial {tid}: the training loss is not finite from step ")
     assert f"(log: {out / 'logs' / tid}.log)" in error
     status = icsweep("status", str(out))
     assert status.returncode == 1
-    assert "failed 1" in status.stdout and "FileNotFoundError" in status.stdout
+    assert "failed 1" in status.stdout and "it diverged: lower train.lr (now 1e+06)" in status.stdout
