@@ -34,18 +34,18 @@ def test_smoke_on_local_ray(tmp_path):
 def test_failures_are_retried_and_recorded(tmp_path):
     out = tmp_path / "bad"
     proc = icsweep("run", "sweep=smoke", "backend=ray", f"out={out}", "clamps=[none]", "seeds=[1]",
-                   "axes.data.n_labels=[5]", "+axes.data.features=[null,/nonexistent/f.h5]",
+                   "axes.data.n_labels=[5]", "+axes.train.lr=[0.0003,1000000.0]",  # the second diverges
                    "resources.max_failures=1", *TINY)
     assert proc.returncode == 1, proc.stderr
     manifest = read_manifest(out)
     good, bad = manifest.trials
-    assert bad.axes["features"] == "/nonexistent/f.h5"
+    assert bad.axes["lr"] == 1e6
     runs = attempts(out)
     assert [a["outcome"] for a in runs[good.id]] == ["complete"]
     assert [a["outcome"] for a in runs[bad.id]] == ["failed", "failed"]
     status = icsweep("status", str(out))
     assert "complete 1" in status.stdout and "failed 1" in status.stdout
-    assert "FileNotFoundError: features file /nonexistent/f.h5 not found" in status.stdout
+    assert "it diverged: lower train.lr (now 1e+06)" in status.stdout
 
 
 def test_unreachable_cluster_is_one_line_and_writes_nothing(tmp_path):
