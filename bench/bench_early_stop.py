@@ -13,6 +13,7 @@ paper's reference JAX code needs for these six trials there (6 x 6e5 sequences /
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,8 @@ import time
 from pathlib import Path
 
 import zarr
+
+from ihmodel.sweepdir import read_manifest, store_path
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_S = 48.0
@@ -35,9 +38,15 @@ def run(out: Path, stop: bool, args) -> dict:
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         raise SystemExit(f"icsweep run exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    attrs = [zarr.open_group(str(p), mode="r").attrs for p in sorted((out / "trials").glob("*.zarr"))]
-    return {"wall_s": wall, "trained": sum(a["stop_sequences"] for a in attrs),
-            "budget": sum(a["budget_sequences"] for a in attrs), "stopped": sum(a["stopped_early"] for a in attrs),
+    trials = {}  # clamp set -> (sequences trained, seconds of its process's attempt)
+    for entry in read_manifest(out).trials:
+        attrs = zarr.open_group(str(store_path(out, entry.id)), mode="r").attrs
+        log = out / "logs" / f"{entry.id}.attempts.jsonl"
+        attempts = [json.loads(line) for line in log.read_text().splitlines()]
+        trials[entry.axes["clamp"]] = (attrs["stop_sequences"], attrs["budget_sequences"], attrs["stopped_early"],
+                                       sum(a["seconds"] for a in attempts))
+    return {"wall_s": wall, "trials": trials, "trained": sum(t[0] for t in trials.values()),
+            "budget": sum(t[1] for t in trials.values()), "stopped": sum(t[2] for t in trials.values()),
             "table": (out / "phase_change.csv").read_text()}
 
 
@@ -61,6 +70,11 @@ def main():
     for stop, runs in results.items():
         for r in runs:
             print(f"{str(stop).lower():>10} {r['wall_s']:8.1f} {r['trained']:11,} {r['budget']:11,} {r['stopped']:8d}")
+    print("per trial (first round): sequences trained, seconds its attempt took")
+    for clamp, (trained, _, stopped, seconds) in results[True][0]["trials"].items():
+        full = results[False][0]["trials"][clamp]
+        print(f"  {clamp:30s} off {full[0]:9,} {full[3]:6.1f} s   on {trained:9,} {seconds:6.1f} s"
+              + ("  stopped early" if stopped else ""))
     best = {stop: min(r["wall_s"] for r in runs) for stop, runs in results.items()}
     on, off = results[True][0], results[False][0]
     saved = off["trained"] - on["trained"]

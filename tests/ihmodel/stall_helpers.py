@@ -29,3 +29,27 @@ def kill_when_stalled(script: str, args: list[str], marker: str, directory: Path
         watchdog.cancel()
         process.kill()
     return line
+
+
+def run_copying_mid_run(config, store: Path, snapshot: Path, at_step: int):
+    """run_trial(config, store), copying store and checkpoint to `snapshot` at its first flush at or past `at_step`
+    once a checkpoint exists: what a kill there leaves behind, simulated in-process."""
+    import shutil
+
+    from ihmodel.store import checkpoint_path
+    from ihmodel.train import Trial, run_trial
+
+    flush = Trial.flush
+
+    def flush_and_copy_once(self):
+        rows = flush(self)
+        if checkpoint_path(self.store.store_path).is_file() and self.step >= at_step and not snapshot.exists():
+            shutil.copytree(self.store.store_path, snapshot)
+            shutil.copy(checkpoint_path(self.store.store_path), checkpoint_path(snapshot))
+        return rows
+
+    Trial.flush = flush_and_copy_once
+    try:
+        run_trial(config, store)
+    finally:
+        Trial.flush = flush

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +16,8 @@ from ihmodel.config import TrainConfig, TrialConfig, trial_id
 from ihmodel.pack import run_pack
 from ihmodel.stopping import PHASE_CHANGE_LOSS, crossing_index, stop_index
 from ihmodel.store import checkpoint_path, is_complete
-from ihmodel.train import Trial, run_trial
+from ihmodel.train import run_trial
+from stall_helpers import run_copying_mid_run
 
 LN2 = math.log(2)
 RULE = TrainConfig(stop_early=True, stop_patience=30_000, stop_tolerance=0.1, stop_floor=0.01)
@@ -132,24 +132,12 @@ def test_a_trial_that_never_crosses_runs_its_whole_budget(tmp_path, tiny_trial):
     assert load(path).sizes["step"] == 100
 
 
-def test_resumed_mid_run_it_stops_at_the_same_step_with_the_same_statistics(full_and_stopped, tmp_path, tiny_trial,
-                                                                             monkeypatch):
+def test_resumed_mid_run_it_stops_at_the_same_step_with_the_same_statistics(full_and_stopped, tmp_path, tiny_trial):
     """A copy of store and checkpoint taken at a flush past the first checkpoint (step 50), as a kill leaves them,
     resumed: it replays the evaluations since, and stops where the uninterrupted run did."""
     config = compose_trial(tiny_trial + STOPPING + ["train.stop_early=true"])
     store, snapshot = tmp_path / "run.zarr", tmp_path / "snapshot.zarr"
-    flush = Trial.flush
-
-    def flush_and_copy_once(self):
-        rows = flush(self)
-        if checkpoint_path(self.store.store_path).is_file() and self.step >= 66 and not snapshot.exists():
-            shutil.copytree(self.store.store_path, snapshot)
-            shutil.copy(checkpoint_path(self.store.store_path), checkpoint_path(snapshot))
-        return rows
-
-    monkeypatch.setattr(Trial, "flush", flush_and_copy_once)
-    run_trial(config, store)
-    monkeypatch.setattr(Trial, "flush", flush)
+    run_copying_mid_run(config, store, snapshot, at_step=66)
     assert not is_complete(snapshot) and load(snapshot).sizes["step"] == 66
 
     run_trial(config, snapshot)

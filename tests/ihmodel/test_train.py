@@ -24,7 +24,7 @@ from ihmodel.compose import clamp_set_names, compose_trial
 from ihmodel.config import from_yaml, trial_id
 from ihmodel.store import EVALUATORS, checkpoint_path, is_complete
 from ihmodel.train import Trial, crossed, main, run_trial
-from stall_helpers import kill_when_stalled
+from stall_helpers import kill_when_stalled, run_copying_mid_run
 
 CPU = torch.device("cpu")
 
@@ -276,22 +276,12 @@ def test_sigkill_after_a_checkpoint_then_resume_equals_an_uninterrupted_run(comp
     xr.testing.assert_identical(load(reference), load(store))
 
 
-def test_resume_from_a_copy_taken_mid_run_equals_the_run_itself(tmp_path, tiny_trial, monkeypatch):
+def test_resume_from_a_copy_taken_mid_run_equals_the_run_itself(tmp_path, tiny_trial):
     """The kill simulated in-process: copy store and checkpoint at a flush past the first checkpoint, let the run
     finish, then resume the copy."""
     config = compose_trial(tiny_trial)
     store, snapshot = tmp_path / "run.zarr", tmp_path / "snapshot.zarr"
-    flush = Trial.flush
-
-    def flush_and_copy_once(self):
-        rows = flush(self)
-        if checkpoint_path(self.store.store_path).is_file() and self.step >= 66 and not snapshot.exists():
-            copy_trial(self.store.store_path, snapshot)
-        return rows
-
-    monkeypatch.setattr(Trial, "flush", flush_and_copy_once)
-    run_trial(config, store)
-    monkeypatch.setattr(Trial, "flush", flush)
+    run_copying_mid_run(config, store, snapshot, at_step=66)
     assert not is_complete(snapshot) and load(snapshot).sizes["step"] == 66
 
     run_trial(config, snapshot)
