@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+import zarr
 from tqdm import tqdm
 
 from ihmodel.checkpoint import DATA_STREAM, checkpoint_state, load_checkpoint, model_shape, write_checkpoint
@@ -335,7 +336,10 @@ def train_command(argv: list[str]) -> int:
     started = time.perf_counter()
     path = run_trial(config)
     elapsed = time.perf_counter() - started
-    print(f"trial {trial_id(config)} complete in {elapsed:.1f} s: {path}")
+    ended = zarr.open_group(str(path), mode="r").attrs
+    how = (f"; stopped early after its phase change, at {ended['stop_sequences']:,} of {ended['budget_sequences']:,} "
+           f"sequences" if ended.get("stopped_early") else "")
+    print(f"trial {trial_id(config)} complete in {elapsed:.1f} s: {path}{how}")
     return 0
 
 
