@@ -1,7 +1,8 @@
 """The store schema of one trial, and its writer. This is the one place those names are defined.
 
 One Zarr v3 store per trial. The skeleton (every variable at length 0, coords, attrs) is laid down by xarray, so
-any xarray reads it; rows are then appended with zarr in whole blocks as training goes. The store attribute
+any xarray reads it: once per layout, in memory, then written for each trial as its files (`Skeleton`); rows are
+then appended with zarr in whole blocks as training goes. The store attribute
 `complete` is set true only after the last write: it is the completion marker every layer above relies on.
 """
 from __future__ import annotations
