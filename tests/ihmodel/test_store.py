@@ -1,6 +1,7 @@
 """The trial store: schema (dims, coords, variables, attrs), the completion marker, append and truncate."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -18,9 +19,9 @@ from zarr.core.buffer import default_buffer_prototype
 
 from ihmodel.append_pool import AppendPool
 from ihmodel.compose import compose_trial
-from ihmodel.config import from_yaml, trial_id
+from ihmodel.config import from_yaml, to_yaml, trial_id
 from ihmodel.store import (EVALUATORS, VARIABLES, StoreWriter, checkpoint_path, is_complete, recorded_variables,
-                           scalar_coords, skeleton_dataset)
+                           scalar_coords, skeleton, skeleton_dataset)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -168,6 +169,17 @@ def test_a_store_stamped_from_another_trials_skeleton_is_the_store_xarray_lays(t
 def metadata(node: zarr.Array | zarr.Group) -> bytes:
     """A node's zarr.json as it would write it."""
     return node.metadata.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes()
+
+
+def test_a_skeleton_writes_each_trials_config_as_to_yaml_does(tiny_trial):
+    first = compose_trial(tiny_trial)
+    others = [["seed=9"], ["seed_data=3", "seed_eval=4"], ["clamp=perfect_l1_and_copy"], ["train.lr=1"],
+              ["data.zipf_exponent=1", "data.noise=0.25"], ["device=cpu", "threads=2"]]
+    for overrides in others:
+        config = compose_trial([*tiny_trial, *overrides])
+        assert skeleton(first).yaml(config) == to_yaml(config), overrides
+    unconverted = dataclasses.replace(first, seed=7, train=dataclasses.replace(first.train, lr=1))  # an int lr
+    assert skeleton(first).yaml(unconverted) == to_yaml(unconverted)
 
 
 def test_creating_a_store_replaces_the_store_there(tmp_path, tiny_trial):
