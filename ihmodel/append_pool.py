@@ -1,8 +1,8 @@
 """Creates and appends to many trials' stores at once, from worker processes (a CUDA pack's stores).
 
 zarr-python spends about 1 ms of Python per array write, and a store has 17 arrays: a pack of 1,024 trials spends
-about 35 s a flush in one process, several times the GPU's time for the 1,024 steps between flushes, and 2 minutes
-creating the stores (xarray lays each skeleton: about 117 ms). Workers are plain subprocesses
+about 35 s a flush in one process, several times the GPU's time for the 1,024 steps between flushes, and half a
+minute creating the stores (about 30 ms each, ihmodel.store.Skeleton). Workers are plain subprocesses
 (`python -m ihmodel.append_pool`) speaking pickle over their stdin and stdout, so they never re-import the caller's
 main module (as multiprocessing's spawn does) and never fork a process holding CUDA.
 """

@@ -13,6 +13,8 @@ gradient; Adam is elementwise with per-trial settings. Compiled like a single tr
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -30,7 +32,7 @@ from torch.func import functional_call, vmap
 from ihmodel.append_pool import AppendPool
 from ihmodel.checkpoint import model_shape
 from ihmodel.clamp import ClampSet
-from ihmodel.config import TrialConfig, result_defining, to_dict
+from ihmodel.config import DataConfig, TrialConfig, result_defining, to_dict
 from ihmodel.data import Batch, Distribution, Sequences, Task, TrainingStream, on_distinct_rows
 from ihmodel.features import load_features
 from ihmodel.model import Transformer
@@ -61,21 +63,17 @@ class Member:
     """One trial of a pack: its data stream, evaluation sets, clamp set, initial state and store."""
 
     def __init__(self, index: int, config: TrialConfig, features: Tensor, template: Transformer, device,
-                 clamp_sets: dict[str, ClampSet]):
-        """`clamp_sets` is shared by the members of a pack: one ClampSet per distinct clamp config (a graft's
-        checkpoint is loaded once, not once per trial)."""
+                 shared: Shared):
+        """`shared`: what the members of a pack build once, for all of them."""
         self.index, self.config = index, config
-        self.task = Task(config.data, device, features)
+        self.task = shared.task(config.data, device, features)
         self.clamp_key = json.dumps(to_dict(config)["clamp"], sort_keys=True)
-        if self.clamp_key not in clamp_sets:  # checked here, before any training
-            clamp_sets[self.clamp_key] = ClampSet(config.clamp, template)
-        self.clamps = clamp_sets[self.clamp_key]
+        self.clamps = shared.clamp_set(self.clamp_key, config, template)  # checked here, before any training
         self.evaluators = self.task.evaluators(config.eval, config.eval_seed)
         if config.eval.induction_set == "all_train":
             self.evaluators = self.evaluators | {"all_train": self.task.all_train_sequences()}
         self.evaluators = on_distinct_rows(self.evaluators)
-        self.initial = Transformer(config.model, self.task.d_in, config.data.n_labels, self.task.n_ctx,
-                                   seed=config.seed).state_dict()
+        self.initial = shared.initial_state(template, config.seed)
         self.store: TrialStore | None = None
         self.state: dict | None = None  # the checkpoint resumed from, until its pack has loaded it
         self.step = 0  # the step it resumes at
@@ -98,6 +96,36 @@ class Member:
     @property
     def live(self) -> bool:
         return self.error is None
+
+
+class Shared:
+    """What the members of a pack build once rather than once a trial: a ClampSet per clamp config (a graft's
+    checkpoint is loaded once), a Task per data config, and the model whose parameters each trial's initial state
+    is drawn into (building a Transformer to draw them was half of a member's setup)."""
+
+    def __init__(self):
+        self.clamp_sets: dict[str, ClampSet] = {}
+        self.tasks: dict[str, Task] = {}
+        self.model: Transformer | None = None
+
+    def clamp_set(self, key: str, config: TrialConfig, template: Transformer) -> ClampSet:
+        if key not in self.clamp_sets:
+            self.clamp_sets[key] = ClampSet(config.clamp, template)
+        return self.clamp_sets[key]
+
+    def task(self, config: DataConfig, device, features: Tensor) -> Task:
+        key = json.dumps(dataclasses.asdict(config), sort_keys=True)
+        if key not in self.tasks:
+            self.tasks[key] = Task(config, device, features)
+        return self.tasks[key]
+
+    def initial_state(self, template: Transformer, seed: int) -> dict[str, Tensor]:
+        """The state_dict Transformer(..., seed=seed) of the template's shape starts with (drawn on the CPU, as
+        there: Transformer.reset_parameters overwrites every parameter it draws, the rest is fixed)."""
+        if self.model is None:
+            self.model = copy.deepcopy(template).cpu()
+        self.model.reset_parameters(torch.Generator().manual_seed(seed))
+        return {name: value.clone() for name, value in self.model.state_dict().items()}
 
 
 class _Functional(nn.Module):
@@ -357,10 +385,10 @@ def open_members(configs: list[TrialConfig], store_paths: list[str | Path], pend
                  template: Transformer, device, pool: AppendPool | None, errors: list) -> list[Member]:
     """The pending trials as members with open stores (fresh ones created by the pool's workers at once, when there
     is a pool); a trial that fails here (a bad clamp, an unwritable path) gets its error and trains no further."""
-    members, clamp_sets = [], {}
+    members, shared = [], Shared()
     for i in pending:
         try:
-            members.append(Member(i, configs[i], features, template, device, clamp_sets))
+            members.append(Member(i, configs[i], features, template, device, shared))
         except Exception as error:  # a bad trial fails alone, before any training
             errors[i] = error
     fresh = [m for m in members if not resumable(store_paths[m.index])] if pool else []
@@ -412,9 +440,9 @@ def auto_pack_size(config: TrialConfig, limit: int = 1024) -> int:
     features = torch.from_numpy(load_features(config.data)).to(device)
     template = Transformer(config.model, features.shape[-1], config.data.n_labels, config.data.n_ctx, seed=0)
     template = template.to(device)
-    best_k, best_rate, k, clamp_sets = 1, 0.0, 1, {}
+    best_k, best_rate, k, shared = 1, 0.0, 1, Shared()
     while k <= limit:
-        members = [Member(i, config, features, template, device, clamp_sets) for i in range(k)]
+        members = [Member(i, config, features, template, device, shared) for i in range(k)]
         pack = Pack(members, template, device)
         rate = measure_steps(pack)
         if device.type == "cuda":

@@ -2,6 +2,7 @@
 a killed pack resumes identically; a failing trial fails alone; checkpoints interchange with run_trial."""
 from __future__ import annotations
 
+import dataclasses
 
 import numpy as np
 import pytest
@@ -10,7 +11,8 @@ import xarray as xr
 
 from ihmodel.compose import compose_trial
 from ihmodel import pack
-from ihmodel.pack import pack_key, run_pack
+from ihmodel.model import Transformer
+from ihmodel.pack import Shared, pack_key, run_pack
 from ihmodel.stacked import StackedAdam, StackedParameters
 from ihmodel.store import checkpoint_path, is_complete
 from ihmodel.train import run_trial
@@ -194,6 +196,21 @@ def test_trials_that_cannot_share_a_pack_are_refused_before_any_work(tiny_trial,
     with pytest.raises(ValueError, match="2 configs but 1 store paths"):
         run_pack(trials, [tmp_path / "a.zarr"])
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("positional", ["rope", "learned"])
+def test_a_members_initial_state_is_the_one_its_own_transformer_starts_with(model_config, task, positional):
+    cfg = dataclasses.replace(model_config, positional=positional)
+    template = Transformer(cfg, d_in=task.d_in, d_vocab=task.config.n_labels, n_ctx=task.n_ctx, seed=0)
+    shared = Shared()
+
+    for seed in (1, 7, 1):
+        expected = Transformer(cfg, d_in=task.d_in, d_vocab=task.config.n_labels, n_ctx=task.n_ctx,
+                               seed=seed).state_dict()
+        actual = shared.initial_state(template, seed)
+        assert actual.keys() == expected.keys()
+        for name in expected:
+            torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=0, msg=name)
 
 
 def test_stacked_adam_steps_like_torch_adam_for_each_trial(model):

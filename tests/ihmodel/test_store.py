@@ -1,10 +1,12 @@
 """The trial store: schema (dims, coords, variables, attrs), the completion marker, append and truncate."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
 import subprocess
+import warnings
 from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
@@ -13,12 +15,13 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
+from zarr.core.buffer import default_buffer_prototype
 
 from ihmodel.append_pool import AppendPool
 from ihmodel.compose import compose_trial
-from ihmodel.config import from_yaml, trial_id
+from ihmodel.config import from_yaml, to_yaml, trial_id
 from ihmodel.store import (EVALUATORS, VARIABLES, StoreWriter, checkpoint_path, is_complete, recorded_variables,
-                           scalar_coords)
+                           scalar_coords, skeleton, skeleton_dataset)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -130,6 +133,65 @@ def test_a_store_chunks_steps_by_the_rows_of_one_write(tmp_path, flush_every, ex
     assert config.train.steps_per_write == expected
     assert writer.arrays["loss"].chunks == (expected,)
     assert writer.arrays["prev_token_score"].chunks == (expected, 2, 8)
+
+
+def files(root: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+@pytest.mark.parametrize("stats", [[], ["stats=[loss,acc]"]])
+def test_a_store_stamped_from_another_trials_skeleton_is_the_store_xarray_lays(tmp_path, tiny_trial, stats):
+    """StoreWriter.create writes a trial's store from a skeleton laid once for its layout (another trial's, here):
+    every file is what xarray writes for the trial itself (values, attrs, codecs, the checksums included)."""
+    first = compose_trial([*tiny_trial, *stats])
+    # seed 0: seed_init equals its fill value, so it has no chunk; the rest differs from the first trial
+    other = compose_trial([*tiny_trial, *stats, "seed=0", "clamp=perfect_match", "train.lr=3e-4",
+                           "data.zipf_exponent=1.0", "data.noise=0.1", "data.n_train_classes=40"])
+    StoreWriter.create(tmp_path / "first.zarr", first)
+    actual = StoreWriter.create(tmp_path / "actual.zarr", other)
+    ds, encoding = skeleton_dataset(other)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=UserWarning)
+        ds.to_zarr(tmp_path / "expected.zarr", mode="w", zarr_format=3, consolidated=False, encoding=encoding)
+
+    assert files(tmp_path / "actual.zarr") == files(tmp_path / "expected.zarr")
+    assert "seed_init/c" not in files(tmp_path / "actual.zarr")
+    xr.testing.assert_identical(open_store(tmp_path / "expected.zarr").load(),
+                                open_store(tmp_path / "actual.zarr").load())
+    # the writer's handles, made without reading the store back, are the ones reading it gives
+    opened = StoreWriter(tmp_path / "actual.zarr")
+    assert metadata(actual.group) == metadata(opened.group)
+    assert {name: metadata(a) for name, a in actual.arrays.items()} == {name: metadata(a)
+                                                                         for name, a in opened.arrays.items()}
+    assert all(array.metadata.codecs[-1].to_dict() == {"name": "crc32c"} for array in opened.arrays.values())
+
+
+def metadata(node: zarr.Array | zarr.Group) -> bytes:
+    """A node's zarr.json as it would write it."""
+    return node.metadata.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes()
+
+
+def test_a_skeleton_writes_each_trials_config_as_to_yaml_does(tiny_trial):
+    first = compose_trial(tiny_trial)
+    others = [["seed=9"], ["seed_data=3", "seed_eval=4"], ["clamp=perfect_l1_and_copy"], ["train.lr=1"],
+              ["data.zipf_exponent=1", "data.noise=0.25"], ["device=cpu", "threads=2"]]
+    for overrides in others:
+        config = compose_trial([*tiny_trial, *overrides])
+        assert skeleton(first).yaml(config) == to_yaml(config), overrides
+    unconverted = dataclasses.replace(first, seed=7, train=dataclasses.replace(first.train, lr=1))  # an int lr
+    assert skeleton(first).yaml(unconverted) == to_yaml(unconverted)
+
+
+def test_creating_a_store_replaces_the_store_there(tmp_path, tiny_trial):
+    config = compose_trial(tiny_trial)
+    writer = StoreWriter.create(tmp_path / "t.zarr", config)
+    writer.append("step", np.arange(3), np.arange(3) * 32, {})
+    writer.mark_complete(stopped_early=False, stop_sequences=96, budget_sequences=96)
+
+    StoreWriter.create(tmp_path / "t.zarr", config)
+
+    ds = open_store(tmp_path / "t.zarr")
+    assert ds.sizes["step"] == 0 and ds.attrs["complete"] is False
 
 
 def test_append_and_truncate(tmp_path, tiny_trial):
