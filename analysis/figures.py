@@ -91,7 +91,7 @@ def loss_curves(ds: xr.Dataset, *, evaluator: str = "fsl_train", variable: str =
     if clamps != [None]:
         axes.ravel()[0].legend(fontsize="small", title="clamp set")
     fig.suptitle(f"{variable} ({evaluator})\ndotted: ln 2, dashed: 0.4 ln 2"
-                 + (", x: stopped early (phase change over)" if stopped_any else ""))
+                 + ("\nx: stopped early (phase change over)" if stopped_any else ""))
     return fig
 
 
