@@ -84,8 +84,8 @@ def render(view: dict[str, Any]) -> Table:
                           f"that crossed): {view['phase_change']}")
     for name in cell_axes:
         table.add_column(name, no_wrap=True)
-    table.add_column("complete")
-    table.add_column("sequences", justify="right")
+    table.add_column("complete", no_wrap=True)
+    table.add_column("sequences", justify="right", no_wrap=True)
     table.add_column(f"{EVALUATOR} loss", justify="right")
     table.add_column("phase change", justify="right")
     for cell in view["cells"]:
@@ -109,7 +109,8 @@ def watch(sweep_dir: Path, console: Console | None = None, interval: float = 2.0
     On a terminal the table redraws in place; the last one is printed as plain output when the watch ends, which
     is all a pipe or a log file gets.
     """
-    console = console or Console()
+    # a pipe or log gets rich's 80 columns by default, which wraps this table's cells: give it room
+    console = console or (Console() if Console().is_terminal else Console(width=160))
     with Live(console=console, auto_refresh=False, transient=True) as live:
         shown = 0
         while True:
