@@ -89,12 +89,17 @@ def load_checkpoint(path: Path, map_location) -> dict:
 
 
 def checkpoint_damage(path: Path) -> str | None:
-    """What is wrong with the checkpoint at `path` (None: it loads and verifies)."""
+    """What is wrong with the checkpoint at `path`, as `damage_phrase` says it (None: it loads and verifies)."""
     try:
         load_checkpoint(path, map_location="cpu")
     except DamagedStoreError as error:
-        return str(error)
+        return damage_phrase(error, path)
     return None
+
+
+def damage_phrase(error: DamagedStoreError, path: Path) -> str:
+    """load_checkpoint's error as a phrase after "checkpoint": what is wrong, without the path and the fix."""
+    return str(error).removeprefix(f"checkpoint {path} ").split("; ")[0]
 
 
 def load_model(path: str | Path, device) -> Transformer:

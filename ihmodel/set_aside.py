@@ -13,7 +13,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from ihmodel.checkpoint import load_checkpoint
+from ihmodel.checkpoint import damage_phrase, load_checkpoint
 from ihmodel.errors import DamagedStoreError
 from ihmodel.integrity import store_damage
 from ihmodel.store import checkpoint_path, is_complete
@@ -29,7 +29,7 @@ def set_aside_damaged(store_path: str | Path) -> list[str]:
         try:
             state = load_checkpoint(ckpt, map_location="cpu")
         except DamagedStoreError as error:
-            ckpt_damage = str(error).removeprefix(f"checkpoint {ckpt} ").split("; ")[0]
+            ckpt_damage = damage_phrase(error, ckpt)
     damage = store_damage(store) if store.is_dir() else []
     if not damage and not ckpt_damage:
         return []

@@ -33,7 +33,7 @@ def verify(sweep_dir: Path, out=None) -> int:
             checkpoints += 1
             problem = checkpoint_damage(ckpt)
             if problem:
-                found.append("checkpoint " + problem.removeprefix(f"checkpoint {ckpt} ").split("; ")[0])
+                found.append(f"checkpoint {problem}")
         if found:
             damaged += 1
             print(f"damaged: trial {entry.id}: {'; '.join(found)}", file=out)
