@@ -14,11 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ihmodel.stopping import STOP_EVALUATOR as EVALUATOR, crossing_index
 from ihmodel.sweepdir import read_manifest, store_path
-from analysis.phase import THRESHOLD, first_crossing
 from analysis.storeio import CorruptStoreError, Read, StoreInfo, read_info, read_many
-
-EVALUATOR = "fsl_train"  # the evaluator whose loss times the phase change (PAPER.md)
 
 
 @dataclass(frozen=True)
@@ -26,7 +24,7 @@ class EvalProgress:
     evals: int = 0  # evaluations written
     eval_sequences: int | None = None  # training sequences at the last of them
     loss: float | None = None  # fsl_train eval loss at the last of them
-    crossed_sequences: int | None = None  # sequences at the first eval with that loss < THRESHOLD; None: not yet
+    crossed_sequences: int | None = None  # sequences at the phase change (ihmodel.stopping); None: not yet
 
 
 def _info(path: Path) -> StoreInfo | None:
@@ -53,9 +51,9 @@ def _progress(evaluators: np.ndarray, sequences: np.ndarray, losses: np.ndarray)
     n = int(np.argmin(landed)) if not landed.all() else len(landed)
     if n == 0:
         return EvalProgress()
-    crossing = int(first_crossing(loss[None, :n], THRESHOLD)[0])
+    crossing = crossing_index(loss[:n])  # the same crossing the stop rule and refinement read
     return EvalProgress(n, int(sequences[n - 1]), float(loss[n - 1]),
-                        int(sequences[crossing]) if crossing >= 0 else None)
+                        int(sequences[crossing]) if crossing is not None else None)
 
 
 def _read(infos: Sequence[StoreInfo]) -> list[EvalProgress]:
