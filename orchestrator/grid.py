@@ -33,12 +33,17 @@ class Trial:
         return to_yaml(self.config)
 
 
+def axis_name(key: str) -> str:
+    """A data-property axis's name: its config key's last part (data.n_labels -> n_labels)."""
+    return key.rsplit(".", 1)[-1]
+
+
 def axes_of(sweep: Sweep) -> list[Axis]:
     """The sweep's grid axes with their values; checks every data-property key against the trial schema."""
     axes = []
     for key, values in sweep.axes.items():
         check_axis_key(key)
-        name = key.rsplit(".", 1)[-1]
+        name = axis_name(key)
         if name in [a.name for a in axes] + ["clamp", "seed"]:
             raise ValueError(f"axis {key} is named {name!r} like another axis; sweep one of them only")
         axes.append(Axis(name=name, key=key, values=list(values)))

@@ -26,7 +26,7 @@ from ihmodel.config import from_yaml
 from ihmodel.stopping import store_crossing
 from ihmodel.store import is_complete
 from ihmodel.sweepdir import Manifest, read_manifest, store_path
-from orchestrator.grid import Trial, expand
+from orchestrator.grid import Trial, axis_name, expand
 from orchestrator.sweep_config import Sweep
 
 RECORD = "refine"  # manifest.extra key: the rounds done, in order
@@ -82,8 +82,8 @@ def record(cells: list[Cell], trials: list[Trial], round_number: int) -> dict:
 
 def _jumps(sweep: Sweep, manifest: Manifest, sweep_dir: Path, key: str) -> list[Cell]:
     """The midpoints one axis needs, over clamp sets and the other data axes' values of this sweep."""
-    name = key.rsplit(".", 1)[-1]
-    others = {k.rsplit(".", 1)[-1]: values for k, values in sweep.axes.items() if k != key}
+    name = axis_name(key)
+    others = {axis_name(k): values for k, values in sweep.axes.items() if k != key}
     integer = all(isinstance(v, int) for v in sweep.axes[key])
     cells = []
     for clamp in sweep.clamps:

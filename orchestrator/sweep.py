@@ -17,7 +17,7 @@ from ihmodel.config import RESOURCE_FIELDS, TrialConfig, from_yaml, to_dict
 from ihmodel.store import is_complete
 from ihmodel.sweepdir import (MANIFEST, Axis, Manifest, TrialEntry, logs_dir, read_manifest, store_path,
                               trials_dir, write_manifest)
-from orchestrator.grid import Trial, axis_value
+from orchestrator.grid import Trial, axis_name, axis_value
 from orchestrator.refine import RECORD
 from orchestrator.sweep_config import Sweep
 
@@ -53,7 +53,7 @@ def prepare(sweep: Sweep, trials: list[Trial], axes: list[Axis], sweep_dir: Path
 def add_refinement(sweep: Sweep, trials: list[Trial], axes: list[Axis], sweep_dir: Path, round_record: dict):
     """Add a refinement round's trials (orchestrator.refine) to the manifest with the round's record, before any of
     them starts; a refined axis keeps its values sorted, so it reads as one ordered dimension."""
-    refined = {key.rsplit(".", 1)[-1] for key in sweep.refine.axes}
+    refined = {axis_name(key) for key in sweep.refine.axes}
     with _locked(Path(sweep_dir) / f".{MANIFEST}.lock"):
         manifest = merge(read_manifest(sweep_dir), axes, trials)
         manifest.extra.setdefault(RECORD, []).append(round_record)
