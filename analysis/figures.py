@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from analysis.phase import LN2
 from analysis.table import SEED_DIMS
 
-PANEL = (3.6, 2.8)  # inches per panel
+PANEL = (4.2, 3.2)  # inches per panel: at 10-point text, readable on a slide
 
 
 def _data_dims(ds: xr.Dataset) -> list[str]:
@@ -56,15 +56,15 @@ def _x(da: xr.DataArray, time_dim: str, seq_name: str) -> np.ndarray:
 
 
 def loss_curves(ds: xr.Dataset, *, evaluator: str = "fsl_train", variable: str = "eval_loss") -> Figure:
-    """Fig 5b style: eval loss against training sequences, a line per clamp set (mean over seeds, seeds faint),
-    a panel per combination of data properties."""
+    """Fig 5b style: eval loss against training sequences, a line per clamp set (mean over seeds) with the seeds'
+    range shaded and each seed faint, a panel per combination of data properties."""
     curve = ds[variable].sel(evaluator=evaluator) if "evaluator" in ds[variable].dims else ds[variable]
     curve = curve.load()
     cells = _cells(ds)
     fig, axes = _grid(len(cells))
     clamps = ds["clamp"].values.tolist() if "clamp" in ds.dims else [None]
     colors = [f"C{i % 10}" for i in range(len(clamps))]
-    stopped_any = False
+    stopped_any, several_seeds = False, False
     for ax, cell in zip(axes.ravel(), cells):
         sub, stops = curve.sel(cell), ds["stopped_early"].sel(cell)
         x = _x(sub, "eval_step", "eval_sequences")
@@ -73,26 +73,39 @@ def loss_curves(ds: xr.Dataset, *, evaluator: str = "fsl_train", variable: str =
             stopped = (stops.sel(clamp=clamp) if clamp is not None else stops).values.reshape(-1)
             seeds = lines.transpose(..., "eval_step").values.reshape(-1, lines.sizes["eval_step"])
             for seed_line, stop in zip(seeds, stopped):
-                ax.plot(x, seed_line, color=color, alpha=0.25, lw=0.7)
+                ax.plot(x, seed_line, color=color, alpha=0.3, lw=0.6)
                 if stop:  # where train.stop_early ended it: the curve stops there, it does not go missing
                     last = np.flatnonzero(np.isfinite(seed_line))[-1]
                     ax.plot(x[last], seed_line[last], marker="x", color=color, ms=6, mew=1.5)
                     stopped_any = True
+            # mean and range of the seeds that all still train: past a seed's end they would jump
+            common = np.arange(len(x)) <= _last_common(seeds)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # an eval no seed has reached: NaN is right
-                mean = np.nanmean(seeds, axis=0)
-            # the mean of seeds that all still train: past a seed's end a mean of the others would jump
-            mean[np.arange(len(x)) > _last_common(seeds)] = np.nan
-            ax.plot(x, mean, color=color, lw=1.8, label=str(clamp) if clamp is not None else None)
+                mean, low, high = (np.where(common, f(seeds, axis=0), np.nan) for f in (np.nanmean, np.nanmin,
+                                                                                        np.nanmax))
+            if np.isfinite(seeds).any(axis=1).sum() > 1:
+                ax.fill_between(x, low, high, color=color, alpha=0.18, lw=0)
+                several_seeds = True
+            ax.plot(x, mean, color=color, lw=2, label=str(clamp) if clamp is not None else None)
         ax.axhline(LN2, color="0.5", ls=":", lw=1)
         ax.axhline(0.4 * LN2, color="0.5", ls="--", lw=1)
         ax.set(title=_label(cell), xlabel="training sequences", ylabel=f"{evaluator} loss (nats)")
         ax.set_ylim(bottom=0)
+        _sequences_axis(ax)
     if clamps != [None]:
         axes.ravel()[0].legend(fontsize="small", title="clamp set")
-    fig.suptitle(f"{variable} ({evaluator})\ndotted: ln 2, dashed: 0.4 ln 2"
-                 + ("\nx: stopped early (phase change over)" if stopped_any else ""))
+    notes = ["dotted: ln 2, dashed: 0.4 ln 2 (phase change)"]
+    notes += ["line: mean over seeds, band: their range"] if several_seeds else []
+    notes += ["x: stopped early (phase change over)"] if stopped_any else []
+    fig.suptitle(f"{variable} ({evaluator})")
+    fig.text(0.5, 0, "\n".join(notes), ha="center", va="top", fontsize="small", color="0.3")
     return fig
+
+
+def _sequences_axis(ax):
+    """Sequences in powers of ten on the axis (1e5 ... rather than digits that run into each other)."""
+    ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0), useMathText=True)
 
 
 def _last_common(seeds: np.ndarray) -> int:
@@ -102,33 +115,50 @@ def _last_common(seeds: np.ndarray) -> int:
 
 
 def phase_change_vs_property(table: pd.DataFrame) -> dict[str, Figure]:
-    """Fig 6 style: mean phase-change time (± sem over seeds) against each data property, a line per clamp set
-    (and per value of the other data properties). Keyed by the property's name."""
+    """Fig 6 style: mean phase-change time (± sem over seeds) against each data property, a panel per clamp set
+    and a line per value of the other data properties, on a log axis (times span decades). A point some seeds
+    never reached is hollow and says how many of them did. Keyed by the property's name."""
     groups = [c for c in table.columns if c not in
               ("mean_sequences", "sem_sequences", "mean_step", "sem_step", "n_seeds", "n_never", "n_pending")]
-    properties = [c for c in groups if c not in ("clamp", "clamp_set")]
+    clamp_col = next((c for c in groups if c in ("clamp", "clamp_set")), None)
+    properties = [c for c in groups if c != clamp_col]
+    panels = list(dict.fromkeys(table[clamp_col])) if clamp_col else [None]
     figures = {}
     for prop in properties:
-        fig = Figure(figsize=(PANEL[0] * 1.4, PANEL[1] * 1.2), layout="constrained")
-        ax = fig.subplots()
-        lines = [c for c in groups if c != prop]
-        for i, (key, rows) in enumerate(table.groupby(lines, sort=False) if lines else [((), table)]):
-            rows = rows.sort_values(prop)
-            key = key if isinstance(key, tuple) else (key,)
-            label = ", ".join(f"{v}" if n in ("clamp", "clamp_set") else f"{n}={v}" for n, v in zip(lines, key))
-            ax.errorbar(rows[prop], rows["mean_sequences"], yerr=rows["sem_sequences"].fillna(0.0),
-                        marker="o", capsize=3, label=label or None, color=f"C{i % 10}")
-        ax.set(xlabel=prop, ylabel="phase change (training sequences)",
-               title=f"phase change vs {prop} ({table.attrs.get('method', '')})")
-        if lines:
-            ax.legend(fontsize="small")
+        fig, axes = _grid(len(panels))
+        others = [c for c in properties if c != prop]
+        for ax, clamp in zip(axes.ravel(), panels):
+            rows_of_clamp = table[table[clamp_col] == clamp] if clamp_col else table
+            for i, (key, rows) in enumerate(rows_of_clamp.groupby(others, sort=True) if others
+                                            else [((), rows_of_clamp)]):
+                rows = rows.sort_values(prop)
+                key = key if isinstance(key, tuple) else (key,)
+                color = f"C{i % 10}"
+                ax.errorbar(rows[prop], rows["mean_sequences"], yerr=rows["sem_sequences"].fillna(0.0), color=color,
+                            marker="o", capsize=3, lw=1.5,
+                            label=", ".join(f"{n}={v}" for n, v in zip(others, key)) or None)
+                partial = rows[(rows["n_never"] > 0) & rows["mean_sequences"].notna()]
+                ax.scatter(partial[prop], partial["mean_sequences"], s=60, facecolors="white", edgecolors=color,
+                           zorder=3)
+                for _, row in partial.iterrows():
+                    ax.annotate(f"{row['n_seeds']}/{row['n_seeds'] + row['n_never']}",
+                                (row[prop], row["mean_sequences"]), textcoords="offset points", xytext=(4, -10),
+                                fontsize="x-small", color=color)
+            ax.set_yscale("log")
+            ax.set_xticks(sorted(table[prop].unique()))
+            ax.set(xlabel=prop, ylabel="phase change (training sequences)", title=str(clamp) if clamp else None)
+            if others:
+                ax.legend(fontsize="small")
+        fig.suptitle(f"phase change vs {prop} ({table.attrs.get('method', '')})")
+        fig.text(0.5, 0, "mean ± sem over the seeds that crossed; hollow: some seeds never did (crossed/all)",
+                 ha="center", va="top", fontsize="small", color="0.3")
         figures[prop] = fig
     return figures
 
 
 def induction_heads(ds: xr.Dataset, cell: Mapping | None = None) -> Figure:
-    """Fig 3b style: each head's induction score over training (mean over seeds), a row per layer and a column per
-    clamp set, for one combination of data properties (default: each property's first value)."""
+    """Fig 3b style: each head's induction score over training (mean over seeds, while all of them train), a row
+    per layer and a column per clamp set, for one combination of data properties (default: each one's first)."""
     name = "eval_induction_score" if "eval_induction_score" in ds else "induction_score"
     time_dim = "eval_step" if name.startswith("eval") else "step"
     cell = dict(cell) if cell is not None else {d: ds[d].values[0] for d in _data_dims(ds)}
@@ -141,12 +171,16 @@ def induction_heads(ds: xr.Dataset, cell: Mapping | None = None) -> Figure:
         sub = score.sel(clamp=clamp) if clamp is not None else score
         seed_dims = [d for d in sub.dims if d in SEED_DIMS]
         mean = sub.mean(seed_dims) if seed_dims else sub
+        if seed_dims:  # the mean of seeds that all still train, as in loss_curves
+            seeds = sub.isel(layer=0, head=0).transpose(..., time_dim).values.reshape(-1, sub.sizes[time_dim])
+            mean = mean.where(xr.DataArray(np.arange(sub.sizes[time_dim]) <= _last_common(seeds), dims=time_dim))
         for row, layer in enumerate(layers):
             ax = axes[row, col]
             for head in ds["head"].values.tolist():
                 ax.plot(x, mean.sel(layer=layer, head=head).values, lw=1.2, label=f"L{layer}H{head}")
-            ax.set(title=f"{clamp if clamp is not None else ''} layer {layer}".strip(),
+            ax.set(title=f"{clamp}: layer {layer}" if clamp is not None else f"layer {layer}",
                    xlabel="training sequences", ylabel="induction score")
+            _sequences_axis(ax)
             ax.legend(fontsize="x-small", ncol=2)
     fig.suptitle(f"{name} per head ({_label(cell)})")
     return fig
@@ -164,6 +198,6 @@ def save_figures(ds: xr.Dataset, table: pd.DataFrame, out_dir: str | Path) -> li
     for stem, fig in figures.items():
         for suffix in ("png", "pdf"):
             path = out_dir / f"{stem}.{suffix}"
-            fig.savefig(path, dpi=120)
+            fig.savefig(path, dpi=150, bbox_inches="tight")  # with the notes below the panels
             written.append(path)
     return written

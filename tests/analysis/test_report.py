@@ -66,4 +66,6 @@ def test_figures_have_a_panel_per_cell_and_layer(full_sweep_dir):
     assert len([ax for ax in loss_curves(ds).axes if ax.get_visible()]) == 2  # n_labels 5 and 10
     assert len(induction_heads(ds).axes) == 4  # 2 layers x 2 clamp sets
     (name, fig), = phase_change_vs_property(phase_change_table(ds)).items()
-    assert name == "n_labels" and len(fig.axes[0].get_legend().get_texts()) == 2
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert name == "n_labels" and [ax.get_title() for ax in panels] == ds["clamp"].values.tolist()
+    assert all(ax.get_yscale() == "log" and ax.get_xlabel() == "n_labels" for ax in panels)
