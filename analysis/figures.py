@@ -19,6 +19,10 @@ from matplotlib.figure import Figure
 from analysis.phase import LN2
 from analysis.table import SEED_DIMS
 
+# Axis labels for the data properties a reader knows by name (others are labelled by their config key).
+PROPERTY_LABELS = {"n_labels": "labels", "n_train_classes": "train classes", "n_test_classes": "test classes",
+                   "burstiness": "burstiness", "zipf_exponent": "Zipf exponent", "context_len": "context pairs",
+                   "n_train_exemplars": "train exemplars per class", "noise": "feature noise"}
 PANEL = (4.2, 3.2)  # inches per panel: at 10-point text, readable on a slide
 
 
@@ -33,7 +37,7 @@ def _cells(ds: xr.Dataset) -> list[dict]:
 
 
 def _label(cell: Mapping) -> str:
-    return ", ".join(f"{k}={v}" for k, v in cell.items()) or "all trials"
+    return ", ".join(f"{k}={v}" for k, v in cell.items())  # empty for a sweep without data axes
 
 
 def _grid(n: int, rows: int | None = None) -> tuple[Figure, np.ndarray]:
@@ -146,7 +150,8 @@ def phase_change_vs_property(table: pd.DataFrame) -> dict[str, Figure]:
                                 fontsize="x-small", color=color)
             ax.set_yscale("log")
             ax.set_xticks(sorted(table[prop].unique()))
-            ax.set(xlabel=prop, ylabel="phase change (training sequences)", title=str(clamp) if clamp else None)
+            ax.set(xlabel=f"{PROPERTY_LABELS.get(prop, prop)} ({prop})", ylabel="phase change (training sequences)",
+                   title=str(clamp) if clamp else None)
             if others:
                 ax.legend(fontsize="small")
         fig.suptitle(f"phase change vs {prop} ({table.attrs.get('method', '')})")

@@ -18,7 +18,6 @@ import argparse
 import datetime as dt
 import json
 import math
-import re
 import subprocess
 import sys
 import warnings
@@ -64,28 +63,39 @@ def run_sweeps(runs: Path, workers: int):
 # ---- what each sweep cost -------------------------------------------------------------------------------------
 
 def cost(sweep_dir: Path) -> dict:
-    """Sequences trained against budget (icsweep status --json) and wall time: from the first pack's first
-    attempt (its log) to the last store's completion."""
+    """Sequences trained against budget (`icsweep status --json`), and time from each trial's attempt records
+    (logs/<id>.attempts.jsonl): wall time from the first attempt's start to the last one's end, and the worker
+    seconds that the packs' processes ran."""
     status = json.loads(subprocess.run([str(ROOT / ".venv/bin/icsweep"), "status", str(sweep_dir), "--json"],
                                        check=True, capture_output=True, text=True, cwd=ROOT).stdout)["totals"]
-    starts = [dt.datetime.strptime(m, "%Y-%m-%d %H:%M:%S").timestamp()
-              for log in (sweep_dir / "logs").glob("*.log")
-              for m in re.findall(r"attempt at (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)", log.read_text())]
-    ends = [p.stat().st_mtime for p in (sweep_dir / "trials").glob("*.zarr/zarr.json")]
+    attempts = {}  # one record per process: each trial of a pack logs the pack's attempt
+    for log in (sweep_dir / "logs").glob("*.attempts.jsonl"):
+        for line in log.read_text().splitlines():
+            record = json.loads(line)
+            if "ended" in record:
+                attempts[(record.get("pack") or log.name, record["started"])] = record
     return {"trials": status["trials"], "complete": status["states"]["complete"],
             "sequences": status["sequences"], "budget": status["budget"],
             "saved_percent": status["saved_percent"], "stopped_early": status["stopped_early"],
-            "wall_s": max(ends) - min(starts) if starts and ends else float("nan")}
+            "wall_s": (max(a["ended"] for a in attempts.values()) - min(a["started"] for a in attempts.values())
+                       if attempts else float("nan")),
+            "worker_s": sum(a["seconds"] for a in attempts.values())}
 
 
 def cost_line(c: dict, workers: int) -> str:
     return (f"{c['complete']} of {c['trials']} trials complete; {c['sequences']:,} sequences trained of a "
             f"{c['budget']:,} budget ({c['saved_percent']:.0f} % saved by early stop, {c['stopped_early']} trials "
-            f"stopped); {c['wall_s'] / 60:.1f} min wall time on {workers} one-thread workers "
-            f"({c['sequences'] / c['wall_s']:,.0f} sequences/s)")
+            f"stopped); {c['wall_s'] / 60:.1f} min wall time on {workers} one-thread workers, "
+            f"{c['worker_s'] / 60:.1f} worker-minutes ({c['sequences'] / c['wall_s']:,.0f} sequences/s)")
 
 
 # ---- numbers --------------------------------------------------------------------------------------------------
+
+def sci(x: float) -> str:
+    """3e5, 2.5e5: sequences as the paper writes them."""
+    exponent = int(np.floor(np.log10(x)))
+    return f"{x / 10 ** exponent:.2g}e{exponent}"
+
 
 def fmt(x: float) -> str:
     return "-" if not np.isfinite(x) else f"{x:,.0f}"
@@ -165,11 +175,32 @@ def main_section(ds: xr.Dataset, table: pd.DataFrame, c: dict, workers: int, fig
         f"| layer-2 heads with positive induction score at the end (mean over seeds) | {positive} of "
         f"{len(head_means)} ({', '.join(f'{v:.2f}' for v in sorted(head_means))}) | all 8 (0.10-0.85) |",
         "",
+        *main_verdict(crossings.values, plateau, head_means),
+        "",
         f"![main run loss curves]({save(loss_curves(ds), 'repro_main_loss_curves', figures)})",
         f"![main run induction score per head]({save(induction_heads(ds), 'repro_main_induction_heads', figures)})",
         "",
     ]
     return lines
+
+
+def main_verdict(crossings: np.ndarray, plateau: np.ndarray, head_means: np.ndarray) -> list[str]:
+    crossed = crossings[np.isfinite(crossings)]
+    paper = 3e5  # PAPER.md: plateau until about 2e5, near 0 by 4-5e5: the threshold falls between
+    out = [f"**Against the paper.** The loss sits on a plateau near ln 2 ({pm(plateau, 3)} at 1e5 sequences) and "
+           f"then falls in one abrupt drop; {len(crossed)} of {len(crossings)} seeds crossed the threshold, at "
+           f"{crossed.min():,.0f} to {crossed.max():,.0f} sequences."]
+    if len(crossed):
+        ratio, spread = crossed.mean() / paper, crossed.max() / crossed.min()
+        out.append(f"The paper's seed 5 crosses at about {sci(paper)} (its loss leaves the plateau at about 2e5 and "
+                   f"is near 0 by 4-5e5): ours cross {ratio:.1f}x later on average, "
+                   + ("within" if ratio <= spread else "more than")
+                   + f" the {spread:.1f}x between our earliest and latest seed. Synthetic features make the task "
+                   "somewhat slower to learn than Omniglot's (docs/validation.md).")
+    out.append(f"Induction heads are many: {int((head_means > 0).sum())} of {len(head_means)} layer-2 heads end "
+               f"with a positive induction score (mean over seeds {head_means.min():.2f} to {head_means.max():.2f}), "
+               "as the paper's all 8 (0.10-0.85).")
+    return out
 
 
 def _crossings(ds: xr.Dataset) -> xr.DataArray:
@@ -200,21 +231,42 @@ def fig5b_section(ds: xr.Dataset, table: pd.DataFrame, c: dict, workers: int, fi
 
 
 def fig5b_verdict(rows: dict, end: xr.DataArray) -> list[str]:
+    """Each clamp set against noclamp: seeds crossed within the budget, when (the mean over those that did) and the
+    final loss (which also counts the seeds that never crossed)."""
+    def facts(clamp: str) -> str:
+        r = rows[clamp]
+        total = int(r["n_seeds"] + r["n_never"] + r["n_pending"])
+        when = f" at {mean_sem(r).rsplit(' (', 1)[0]}" if r["n_seeds"] else ""
+        return (f"{int(r['n_seeds'])} of {total} seeds cross within 6e5{when}, final loss "
+                f"{pm(end.sel(clamp=clamp).values, 3)}")
+
     base = rows["noclamp"]
-    base_time = base["mean_sequences"] if base["n_seeds"] else math.inf
-    base_text = (f"noclamp crosses at {mean_sem(base)}" if base["n_seeds"] else
-                 f"noclamp never crosses within 6e5 on any seed (final loss {pm(end.sel(clamp='noclamp').values, 3)})")
-    out = ["**Against the paper.** " + base_text + ".", ""]
+    out = ["**Against the paper.**", "", f"- noclamp: {facts('noclamp')}; paper: {FIG5B_PAPER['noclamp']}."]
     for clamp in ("perfect_match", "perfect_copy", "perfect_l1_and_copy", "perfect_l1",
                   "perfect_prev_tok_attn_single"):
         r = rows[clamp]
-        if r["n_seeds"] == 0:
-            verdict = (f"never crosses (final loss {pm(end.sel(clamp=clamp).values, 3)} against noclamp's "
-                       f"{pm(end.sel(clamp='noclamp').values, 3)})")
-        else:
-            ratio = base_time / r["mean_sequences"]
-            verdict = f"crosses at {mean_sem(r)}" + ("" if math.isinf(ratio) else f", {ratio:.1f}x earlier than noclamp")
-        out.append(f"- {clamp}: {verdict}; paper: {FIG5B_PAPER[clamp]}.")
+        faster = ""
+        if r["n_seeds"] and base["n_seeds"]:
+            faster = f" ({base['mean_sequences'] / r['mean_sequences']:.1f}x earlier than noclamp's crossing seeds)"
+        out.append(f"- {clamp}: {facts(clamp)}{faster}; paper: {FIG5B_PAPER[clamp]}.")
+    removing = ("perfect_match", "perfect_copy", "perfect_l1_and_copy")
+    removed = [c for c in removing if rows[c]["n_seeds"] and not rows[c]["n_never"]]
+    times = [rows[c]["mean_sequences"] for c in removed]
+    prev, last = rows["perfect_prev_tok_attn_single"], lambda c: float(np.nanmean(end.sel(clamp=c).values))
+    speeds = prev["n_seeds"] > base["n_seeds"] or last("perfect_prev_tok_attn_single") < last("noclamp")
+    out += ["", f"**Agrees** where the paper makes its point: {len(removed)} of the {len(removing)} clamp sets the "
+            "paper says remove the plateau (" + ", ".join(removed) + ") cross on every seed"
+            + (f", at {min(times):,.0f} to {max(times):,.0f} sequences on average" if times else "")
+            + ", straight from the initial loss; clamping one previous-token head "
+            + ("speeds the phase change up" if speeds else "does not speed the phase change up")
+            + f" ({int(prev['n_seeds'])} seeds cross against noclamp's {int(base['n_seeds'])}, final loss "
+            f"{last('perfect_prev_tok_attn_single'):.3f} against {last('noclamp'):.3f}).",
+            "",
+            f"**Differs:** noclamp is slower than the paper's: {int(base['n_seeds'])} of "
+            f"{int(base['n_seeds'] + base['n_never'])} seeds cross within the paper's 6e5 budget, where the paper's "
+            "seed 5 crosses at about 3e5. One active layer-2 head on synthetic features learns the task more slowly "
+            "than on Omniglot's features (with all eight active, the main run above crosses on every seed); at "
+            "this budget the unclamped cells' phase change is therefore seen on only some seeds."]
     return out + [""]
 
 
@@ -237,7 +289,7 @@ def fig6_section(ds: xr.Dataset, table: pd.DataFrame, c: dict, workers: int, fig
                               .iloc[0]) for n in labels]
             lines.append(f"| {clamp if i == 0 else ''} | {k} | " + " | ".join(cells) + " |")
     lines += ["", "Paper (one layer-2 head active, seed 5): labels 5 / 10 / 15 at about "
-              + " / ".join(f"{v:.2g}" for v in FIG6_PAPER_LABELS.values()) + " sequences; classes 50 at about "
+              + " / ".join(sci(v) for v in FIG6_PAPER_LABELS.values()) + " sequences; classes 50 at about "
               "2.5e5, 100-200 at about 3.5e5.", ""]
     for prop, fig in phase_change_vs_property(table).items():
         lines.append(f"![Fig 6: phase change against {prop}]({save(fig, f'repro_fig6_phase_change_vs_{prop}', figures)})")
@@ -303,8 +355,8 @@ def analyze(runs: Path, workers: int, out: Path):
         "with synthetic features (`ihmodel/features.py`; `icsweep features omniglot` makes the paper's own file). "
         "Phase change = the first evaluation (every 1e4 sequences) with `fsl_train` loss below 0.4 ln 2 = "
         f"{0.4 * LN2:.3f} nats; early stop changes no phase-change time (`docs/store.md`). Mean ± sem over the "
-        "seeds that crossed; (n/N) = n of the N seeds crossed. Wall times are from the first pack's start to the "
-        "last trial's end, while other work shared the machine.",
+        "seeds that crossed; (n/N) = n of the N seeds crossed. Wall time runs from the first trial's start to the "
+        "last one's end; other work shared the machine part of that time.",
         "",
     ]
     sections = (("main", main_section), ("fig5b", fig5b_section), ("fig6", fig6_section))

@@ -68,4 +68,4 @@ def test_figures_have_a_panel_per_cell_and_layer(full_sweep_dir):
     (name, fig), = phase_change_vs_property(phase_change_table(ds)).items()
     panels = [ax for ax in fig.axes if ax.get_visible()]
     assert name == "n_labels" and [ax.get_title() for ax in panels] == ds["clamp"].values.tolist()
-    assert all(ax.get_yscale() == "log" and ax.get_xlabel() == "n_labels" for ax in panels)
+    assert all(ax.get_yscale() == "log" and ax.get_xlabel() == "labels (n_labels)" for ax in panels)
