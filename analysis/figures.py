@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
 
 from analysis.phase import LN2
 from analysis.table import SEED_DIMS
@@ -140,7 +141,7 @@ def phase_change_vs_property(table: pd.DataFrame) -> dict[str, Figure]:
                 color = f"C{i % 10}"
                 ax.errorbar(rows[prop], rows["mean_sequences"], yerr=rows["sem_sequences"].fillna(0.0), color=color,
                             marker="o", capsize=3, lw=1.5,
-                            label=", ".join(f"{n}={v}" for n, v in zip(others, key)) or None)
+                            label=", ".join(f"{v} {PROPERTY_LABELS.get(n, n)}" for n, v in zip(others, key)) or None)
                 partial = rows[(rows["n_never"] > 0) & rows["mean_sequences"].notna()]
                 ax.scatter(partial[prop], partial["mean_sequences"], s=60, facecolors="white", edgecolors=color,
                            zorder=3)
@@ -148,12 +149,26 @@ def phase_change_vs_property(table: pd.DataFrame) -> dict[str, Figure]:
                     ax.annotate(f"{row['n_seeds']}/{row['n_seeds'] + row['n_never']}",
                                 (row[prop], row["mean_sequences"]), textcoords="offset points", xytext=(4, -10),
                                 fontsize="x-small", color=color)
-            ax.set_yscale("log")
-            ax.set_xticks(sorted(table[prop].unique()))
+            values = sorted(table[prop].unique())
+            if min(values) > 0 and max(values) >= 4 * min(values):  # doublings (50, 100, 200) evenly spaced
+                ax.set_xscale("log")
+                ax.xaxis.set_minor_locator(NullLocator())
+                ax.set_xlim(min(values) / 1.25, max(values) * 1.25)
+            else:
+                margin = 0.08 * (max(values) - min(values) or 1)
+                ax.set_xlim(min(values) - margin, max(values) + margin)
+            ax.set_xticks(values, [f"{v:g}" for v in values])
             ax.set(xlabel=f"{PROPERTY_LABELS.get(prop, prop)} ({prop})", ylabel="phase change (training sequences)",
                    title=str(clamp) if clamp else None)
             if others:
                 ax.legend(fontsize="small")
+        times = pd.concat([table["mean_sequences"] - table["sem_sequences"].fillna(0.0),
+                           table["mean_sequences"] + table["sem_sequences"].fillna(0.0)])
+        times = times[times > 0]
+        if len(times):  # one log axis for every panel, so clamp sets compare at a glance
+            for ax in axes.ravel():
+                ax.set_yscale("log")
+                ax.set_ylim(times.min() / 1.3, times.max() * 1.3)
         fig.suptitle(f"phase change vs {prop} ({table.attrs.get('method', '')})")
         fig.text(0.5, 0, "mean ± sem over the seeds that crossed; hollow: some seeds never did (crossed/all)",
                  ha="center", va="top", fontsize="small", color="0.3")

@@ -102,12 +102,14 @@ def fmt(x: float) -> str:
 
 
 def mean_sem(row: pd.Series) -> str:
-    """'mean ± sem (n/N)': n seeds crossed of N run; 'never (0/N)' when none did."""
-    n, total = int(row["n_seeds"]), int(row["n_seeds"] + row["n_never"] + row["n_pending"])
+    """'mean ± sem (n/N)': n seeds crossed of N run; 'never (0/N)' when none did; trials not yet finished without a
+    crossing are counted apart ('p pending')."""
+    n, never, pending = int(row["n_seeds"]), int(row["n_never"]), int(row["n_pending"])
+    counts = f"{n}/{n + never}" + (f", {pending} pending" if pending else "")
     if n == 0:
-        return f"never ({n}/{total})"
+        return f"never ({counts})" if never else f"pending ({pending})"
     sem = f" ± {row['sem_sequences']:,.0f}" if np.isfinite(row["sem_sequences"]) else ""
-    return f"{row['mean_sequences']:,.0f}{sem} ({n}/{total})"
+    return f"{row['mean_sequences']:,.0f}{sem} ({counts})"
 
 
 def last_value(da: xr.DataArray) -> xr.DataArray:
@@ -305,26 +307,52 @@ def _mean(table: pd.DataFrame, **where) -> float:
 
 
 def fig6_verdict(table: pd.DataFrame, classes: list, labels: list) -> list[str]:
-    out = ["**Against the paper.**", ""]
+    """Each clamp set's label effect (first -> last label count, per class count) and class effect (first -> last
+    class count, per label count), against the paper's."""
     lo, hi = labels[0], labels[-1]
+    effects = {}
+    out = ["**Against the paper.** Ratios of mean phase-change times (-: a cell without a crossing):", ""]
     for clamp in dict.fromkeys(table["clamp"]):
         label_ratios = [_mean(table, clamp=clamp, n_train_classes=k, n_labels=hi)
                         / _mean(table, clamp=clamp, n_train_classes=k, n_labels=lo) for k in classes]
         class_ratios = [_mean(table, clamp=clamp, n_train_classes=classes[-1], n_labels=n)
                         / _mean(table, clamp=clamp, n_train_classes=classes[0], n_labels=n) for n in labels]
-        out.append(f"- {clamp}: {lo} -> {hi} labels multiplies the phase-change time by "
-                   f"{_ratios(label_ratios)} (per class count); {classes[0]} -> {classes[-1]} classes by "
-                   f"{_ratios(class_ratios)} (per label count).")
+        effects[clamp] = (_geomean(label_ratios), _geomean(class_ratios))
+        out.append(f"- {clamp}: {lo} -> {hi} labels {_ratios(label_ratios)} (at {', '.join(map(str, classes))} "
+                   f"classes); {classes[0]} -> {classes[-1]} classes {_ratios(class_ratios)} (at "
+                   f"{', '.join(map(str, labels))} labels).")
     paper_label = FIG6_PAPER_LABELS[hi] / FIG6_PAPER_LABELS[lo]
     paper_class = FIG6_PAPER_CLASSES[classes[-1]] / FIG6_PAPER_CLASSES[classes[0]]
-    out += ["", f"Paper, noclamp: {lo} -> {hi} labels about {paper_label:.1f}x, {classes[0]} -> {classes[-1]} "
-            f"classes about {paper_class:.1f}x; the label effect lives in subcircuit C (the copy), so with C clamped "
-            "(perfect_l1_and_copy) labels should change little.", ""]
-    return out
+    out += ["", f"Paper (noclamp, seed 5): {lo} -> {hi} labels about {paper_label:.1f}x, {classes[0]} -> "
+            f"{classes[-1]} classes about {paper_class:.1f}x, and the label effect lives in subcircuit C (the copy): "
+            "with C clamped the number of labels should matter little.", ""]
+    with_c = [c for c in effects if c != "perfect_l1_and_copy"]
+    label_of = {c: effects[c][0] for c in with_c if np.isfinite(effects[c][0])}
+    c_clamped = effects.get("perfect_l1_and_copy", (math.nan, math.nan))
+    if label_of and np.isfinite(c_clamped[0]):
+        lives_in_c = min(label_of.values()) > c_clamped[0]
+        out.append(("**Agrees:** " if lives_in_c else "**Differs:** ")
+                   + f"where C is left to learn, {lo} -> {hi} labels delays the phase change "
+                   + ", ".join(f"{v:.2f}x ({c})" for c, v in label_of.items())
+                   + f" (geometric mean over class counts); with C clamped (perfect_l1_and_copy) "
+                   f"{c_clamped[0]:.2f}x" + (": the label effect lives in C, as the paper finds." if lives_in_c
+                                             else ", not less than where C is learned."))
+    if "noclamp" in effects and np.isfinite(effects["noclamp"][0]):
+        label, klass = effects["noclamp"]
+        out += ["", f"Unclamped, {lo} -> {hi} labels is {label:.2f}x here against the paper's {paper_label:.1f}x, and "
+                f"{classes[0]} -> {classes[-1]} classes {klass:.2f}x against {paper_class:.1f}x: "
+                + ("the same direction for both" if label > 1 and klass > 1 else "not the same direction")
+                + (", labels the larger effect, as in the paper." if label > klass else ".")]
+    return out + [""]
+
+
+def _geomean(values: list[float]) -> float:
+    finite = [v for v in values if np.isfinite(v) and v > 0]
+    return float(np.exp(np.mean(np.log(finite)))) if len(finite) == len(values) else math.nan
 
 
 def _ratios(values: list[float]) -> str:
-    shown = [f"{v:.2f}x" if np.isfinite(v) else "n/a (a cell never crossed)" for v in values]
+    shown = [f"{v:.2f}x" if np.isfinite(v) else "-" for v in values]
     return ", ".join(shown)
 
 
