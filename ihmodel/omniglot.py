@@ -246,11 +246,11 @@ def extract(out: Path, images: Path | None = None, weights: Path | None = None, 
     attrs = {
         "description": "ResNet18 (ImageNet) 512-d average-pool features of Omniglot's characters, classes in "
                        "random order (ihmodel/omniglot.py)",
-        "torch_version": torch.__version__, "torchvision_version": torchvision.__version__,
-        "weights": WEIGHTS if weights is None else f"local file {weights}",
+        "torch_version": str(torch.__version__), "torchvision_version": str(torchvision.__version__),
+        "weights": WEIGHTS if weights is None else f"local file {weights.absolute()}",
         "weights_sha256": sha256(weights) if weights is not None else "",
         "weights_url": torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url if weights is None else "",
-        "images": str(images),
+        "images": str(images.absolute()),
         "preprocessing": f"grayscale, whole image resized to {SIZE}x{SIZE} (PIL bilinear), 3 equal channels, "
                          f"normalised by mean {transforms.mean} and std {transforms.std}",
         "exemplars": exemplars,
