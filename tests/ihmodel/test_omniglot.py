@@ -23,7 +23,8 @@ import torch
 from PIL import Image
 
 from ihmodel.features import read_features_file
-from ihmodel.omniglot import class_order, list_characters, load_image, normalise, pick_exemplars
+from ihmodel.omniglot import (class_order, list_characters, load_image, normalise, pick_exemplars,
+                              read_weights)
 from orchestrator.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -198,19 +199,14 @@ def test_icsweep_train_trains_on_the_file(tmp_path, features_s0):
 
 @pytest.fixture
 def bad_inputs(tmp_path, omniglot) -> dict[str, Path]:
-    wrong = tmp_path / "flat"
-    (wrong / "images_background" / "Latin").mkdir(parents=True)
-    write_drawing(wrong / "images_background" / "Latin" / "0901_01.png", np.random.default_rng(0))
-    (wrong / "images_evaluation").mkdir()
-    half = tmp_path / "background_only" / "images_background" / "Latin" / "character01"
-    half.mkdir(parents=True)
-    write_drawing(half / "0901_01.png", np.random.default_rng(0))
+    flat = tmp_path / "flat" / "images_background" / "Latin"  # drawings straight in the alphabet
+    flat.mkdir(parents=True)
+    write_drawing(flat / "0901_01.png", np.random.default_rng(0))
+    (tmp_path / "flat" / "images_evaluation").mkdir()
     other_weights = tmp_path / "not_resnet18.pt"
     torch.save({"conv1.weight": torch.zeros(8, 3, 3, 3)}, other_weights)
-    not_torch = tmp_path / "weights.txt"
-    not_torch.write_text("not a checkpoint\n")
-    return {"OMNIGLOT": omniglot, "MISSING": tmp_path / "nowhere", "FLAT": wrong,
-            "HALF": tmp_path / "background_only", "OTHER_WEIGHTS": other_weights, "NOT_TORCH": not_torch}
+    return {"OMNIGLOT": omniglot, "MISSING": tmp_path / "nowhere", "FLAT": tmp_path / "flat",
+            "OTHER_WEIGHTS": other_weights}
 
 
 @requires_features_venv
@@ -220,17 +216,10 @@ def bad_inputs(tmp_path, omniglot) -> dict[str, Path]:
     (["--images", "FLAT", "--weights", "WEIGHTS"], r"Omniglot alphabet .*flat/images_background/Latin has no "
                                                    r"character folders; expected images_background/ and "
                                                    r"images_evaluation/, each <alphabet>/<character>/<NNNN_DD>.png"),
-    (["--images", "HALF", "--weights", "WEIGHTS"], r"Omniglot folder .*background_only has no alphabets in "
-                                                   r"images_evaluation/ \(found in .*: \['images_background'\]\)"),
     (["--images", "OMNIGLOT", "--weights", "OTHER_WEIGHTS"], r"weights file .*not_resnet18.pt does not fit "
                                                              r"torchvision's resnet18: \d+ missing keys .*; 1 shapes "
                                                              r"that differ \(first: conv1.weight \(8, 3, 3, 3\)"),
-    (["--images", "OMNIGLOT", "--weights", "NOT_TORCH"], r"weights file .*weights.txt is not a state_dict saved "
-                                                         r"with torch.save"),
-    (["--images", "OMNIGLOT", "--weights", "WEIGHTS", "--exemplars", "6"], r"Omniglot character .*character01 has "
-                                                                           r"5 drawings \(.png\); --exemplars 6"),
-], ids=["missing folder", "alphabet without characters", "no images_evaluation", "weights of another model",
-        "weights not a torch file", "too few drawings"])
+], ids=["missing folder", "wrong layout", "weights of another model"])
 def test_bad_inputs_are_one_line_and_leave_no_file(tmp_path, bad_inputs, weights, args, match):
     paths = {**bad_inputs, "WEIGHTS": weights}
     out = tmp_path / "out.h5"
@@ -239,6 +228,34 @@ def test_bad_inputs_are_one_line_and_leave_no_file(tmp_path, bad_inputs, weights
 
     assert_one_line_error(proc, rf"^icsweep features: {match}")
     assert not out.exists() and not out.with_name("out.h5.tmp").exists()
+
+
+def test_a_folder_without_images_evaluation_names_what_it_holds(tmp_path):
+    character = tmp_path / "images_background" / "Latin" / "character01"
+    character.mkdir(parents=True)
+
+    with pytest.raises(ValueError, match=rf"Omniglot folder {re.escape(str(tmp_path))} has no alphabets in "
+                                         r"images_evaluation/ \(found in .*: \['images_background'\]\); expected "
+                                         r"images_background/ and images_evaluation/"):
+        list_characters(tmp_path)
+
+
+def test_a_character_with_too_few_drawings(omniglot):
+    with pytest.raises(ValueError, match=r"Omniglot character .*Greek/character01 has 5 drawings \(.png\); "
+                                         r"--exemplars 6 needs at least 6"):
+        pick_exemplars(omniglot / "images_background/Greek/character01", 6)
+
+
+def test_a_weights_file_that_is_not_a_state_dict(tmp_path):
+    (tmp_path / "weights.txt").write_text("not a checkpoint\n")
+    torch.save([torch.zeros(2)], tmp_path / "list.pt")
+
+    with pytest.raises(ValueError, match=r"weights file .*weights.txt is not a state_dict saved with torch.save"):
+        read_weights(tmp_path / "weights.txt")
+    with pytest.raises(ValueError, match=r"weights file .*list.pt holds a list, not a state_dict of tensors"):
+        read_weights(tmp_path / "list.pt")
+    with pytest.raises(FileNotFoundError, match=r"weights file .*nowhere.pt not found"):
+        read_weights(tmp_path / "nowhere.pt")
 
 
 @pytest.fixture
