@@ -162,8 +162,8 @@ def cmd_features(args: list[str]) -> int:
                         "images_evaluation/, each <alphabet>/<character>/<NNNN_DD>.png (default: download)")
     parser.add_argument("--weights", type=Path, metavar="FILE", help="a local torchvision resnet18 state_dict "
                         "(torch.save) (default: download ResNet18_Weights.IMAGENET1K_V1)")
-    parser.add_argument("--exemplars", type=int, default=5, metavar="E", help="drawings per character, the first by file "
-                        "name (default 5)")
+    parser.add_argument("--exemplars", type=int, default=5, metavar="E", help="drawings per character, the first "
+                        "by file name (default 5)")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the random class order (default 0)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:N")
     parser.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per forward pass (default 64)")
