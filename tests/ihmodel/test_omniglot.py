@@ -139,6 +139,26 @@ def test_normalise_gives_three_equal_channels_with_the_weights_mean_and_std():
     np.testing.assert_allclose(x[0, :, 0, 0].numpy(), (1 - np.array(mean)) / np.array(std), rtol=1e-6)
 
 
+@pytest.mark.parametrize("args, match", [
+    (["mnist", "out.h5"], r"argument dataset: invalid choice: 'mnist' \(choose from '?omniglot'?\); usage: "
+                          r"icsweep features omniglot OUT.h5 \[--images DIR\]"),
+    (["omniglot"], r"the following arguments are required: OUT.h5"),
+    (["omniglot", "out.h5", "--exemplars", "five"], r"argument --exemplars: invalid int value: 'five'"),
+])
+def test_usage_errors_are_one_line(args, match, capsys):
+    assert main(["features", *args]) == 2
+
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(rf"^icsweep features: {match}", err), err
+
+
+def test_help_names_the_flags(capsys):
+    assert main(["features", "--help"]) == 0
+
+    out = capsys.readouterr().out
+    assert all(flag in out for flag in ("--images DIR", "--weights FILE", "--exemplars", "--seed", "--device"))
+
+
 @pytest.mark.skipif(find_spec("torchvision") is not None, reason="torchvision is importable in this venv")
 def test_without_torchvision_it_says_how_to_get_it(tmp_path, omniglot, capsys):
     assert main(["features", "omniglot", str(tmp_path / "out.h5"), "--images", str(omniglot)]) == 2
