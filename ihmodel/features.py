@@ -1,7 +1,9 @@
 """Exemplar features: an array of shape (classes, exemplars, dim), float32.
 
 The paper uses ResNet18 features of Omniglot (1623, 5, 512), HDF5 dataset `resnet18/224/feat`, classes already in
-random order. That file cannot be downloaded here, so the default is synthetic features of the same shape, seeded:
+random order; `icsweep features omniglot OUT.h5` makes that file (ihmodel/omniglot.py: needs torchvision, and the
+internet or a local copy of Omniglot and the weights). Without data.features the default is synthetic features of
+the same shape, seeded:
 
     prototype_c ~ N(0, I)                      one per class
     x_{c,e} = relu(prototype_c + s * eps),     eps ~ N(0, I), s = data.synthetic_within_class_std (0.5)

@@ -7,9 +7,11 @@
     icsweep verify DIR                                                check every store's and checkpoint's checksums
     icsweep train key=value ...                                       one trial (ihmodel.train)
     icsweep analyze DIR ...                                           phase-change table and figures (analysis)
+    icsweep features omniglot OUT.h5 [--images DIR] [--weights FILE]  the paper's features file (ihmodel.omniglot)
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -17,7 +19,7 @@ from pathlib import Path
 from ihmodel.errors import report_errors
 
 USAGE = __doc__.split("\n", 2)[2].rstrip()
-COMMANDS = ("run", "status", "list", "cancel", "verify", "train", "analyze")
+COMMANDS = ("run", "status", "list", "cancel", "verify", "train", "analyze", "features")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"icsweep: unknown command {command!r}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     handler = {"run": cmd_run, "status": cmd_status, "list": cmd_list, "cancel": cmd_cancel, "verify": cmd_verify,
-               "train": cmd_train, "analyze": cmd_analyze}[command]
+               "train": cmd_train, "analyze": cmd_analyze, "features": cmd_features}[command]
     try:
         return report_errors(f"icsweep {command}", lambda: handler(rest) or 0)
     except KeyboardInterrupt:
@@ -138,6 +140,43 @@ def cmd_analyze(args: list[str]) -> int:
     from analysis.report import main as analyze_main
 
     return analyze_main(args) or 0
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are a ValueError, so that they end as one line (report_errors)."""
+
+    def error(self, message):
+        raise ValueError(f"{message}; usage: {self.usage}")
+
+
+def cmd_features(args: list[str]) -> int:
+    usage = ("icsweep features omniglot OUT.h5 [--images DIR] [--weights FILE] [--exemplars 5] [--seed 0] "
+             "[--device auto] [--batch-size 64]")
+    parser = _OneLineParser(prog="icsweep features", usage=usage, add_help=False, description=(
+        "ResNet18 (ImageNet) features of Omniglot's 1623 characters, HDF5 dataset resnet18/224/feat "
+        "(1623, EXEMPLARS, 512), for data.features=OUT.h5 (see ihmodel/omniglot.py). Needs torchvision: "
+        "pip install 'icsweep[features]' (dev: .venv-features/bin/icsweep)."))
+    parser.add_argument("dataset", choices=["omniglot"])
+    parser.add_argument("out", type=Path, metavar="OUT.h5")
+    parser.add_argument("--images", type=Path, metavar="DIR", help="a local Omniglot: images_background/ and "
+                        "images_evaluation/, each <alphabet>/<character>/<NNNN_DD>.png (default: download)")
+    parser.add_argument("--weights", type=Path, metavar="FILE", help="a local torchvision resnet18 state_dict "
+                        "(torch.save) (default: download ResNet18_Weights.IMAGENET1K_V1)")
+    parser.add_argument("--exemplars", type=int, default=5, metavar="E", help="drawings per character, the first "
+                        "by file name (default 5)")
+    parser.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the random class order (default 0)")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:N")
+    parser.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per forward pass (default 64)")
+    if any(a in ("-h", "--help") for a in args):
+        parser.print_help()
+        return 0
+    ns = parser.parse_args(args)
+    from ihmodel.omniglot import extract
+
+    path = extract(ns.out, images=ns.images, weights=ns.weights, exemplars=ns.exemplars, seed=ns.seed,
+                   device=ns.device, batch_size=ns.batch_size)
+    print(f"icsweep features: wrote {path} (dataset resnet18/224/feat); train on it with data.features={path}")
+    return 0
 
 
 if __name__ == "__main__":
