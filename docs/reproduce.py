@@ -79,14 +79,24 @@ def cost(sweep_dir: Path) -> dict:
             "saved_percent": status["saved_percent"], "stopped_early": status["stopped_early"],
             "wall_s": (max(a["ended"] for a in attempts.values()) - min(a["started"] for a in attempts.values())
                        if attempts else float("nan")),
-            "worker_s": sum(a["seconds"] for a in attempts.values())}
+            "worker_s": sum(a["seconds"] for a in attempts.values()),
+            "commits": sorted({_store_sha(p) for p in (sweep_dir / "trials").glob("*.zarr")} - {""})}
+
+
+def _store_sha(store: Path) -> str:
+    """The commit a trial's store was written at (its git_sha attribute), short."""
+    try:
+        return json.loads((store / "zarr.json").read_text())["attributes"].get("git_sha", "")[:7]
+    except (OSError, ValueError, KeyError):
+        return ""
 
 
 def cost_line(c: dict, workers: int) -> str:
     return (f"{c['complete']} of {c['trials']} trials complete; {c['sequences']:,} sequences trained of a "
             f"{c['budget']:,} budget ({c['saved_percent']:.0f} % saved by early stop, {c['stopped_early']} trials "
             f"stopped); {c['wall_s'] / 60:.1f} min wall time on {workers} one-thread workers, "
-            f"{c['worker_s'] / 60:.1f} worker-minutes ({c['sequences'] / c['wall_s']:,.0f} sequences/s)")
+            f"{c['worker_s'] / 60:.1f} worker-minutes ({c['sequences'] / c['wall_s']:,.0f} sequences/s); trained at "
+            f"commit {', '.join(c['commits']) or 'unknown'}")
 
 
 # ---- numbers --------------------------------------------------------------------------------------------------
@@ -195,9 +205,9 @@ def main_verdict(crossings: np.ndarray, plateau: np.ndarray, head_means: np.ndar
     if len(crossed):
         ratio, spread = crossed.mean() / paper, crossed.max() / crossed.min()
         out.append(f"The paper's seed 5 crosses at about {sci(paper)} (its loss leaves the plateau at about 2e5 and "
-                   f"is near 0 by 4-5e5): ours cross {ratio:.1f}x later on average, "
+                   f"is near 0 by 4-5e5): ours cross {ratio:.2f}x later on average, "
                    + ("within" if ratio <= spread else "more than")
-                   + f" the {spread:.1f}x between our earliest and latest seed. Synthetic features make the task "
+                   + f" the {spread:.2f}x between our earliest and latest seed. Synthetic features make the task "
                    "somewhat slower to learn than Omniglot's (docs/validation.md).")
     out.append(f"Induction heads are many: {int((head_means > 0).sum())} of {len(head_means)} layer-2 heads end "
                f"with a positive induction score (mean over seeds {head_means.min():.2f} to {head_means.max():.2f}), "
@@ -337,6 +347,12 @@ def fig6_verdict(table: pd.DataFrame, classes: list, labels: list) -> list[str]:
                    + f" (geometric mean over class counts); with C clamped (perfect_l1_and_copy) "
                    f"{c_clamped[0]:.2f}x" + (": the label effect lives in C, as the paper finds." if lives_in_c
                                              else ", not less than where C is learned."))
+    short = table[table["n_never"] > 0]
+    if len(short):
+        out += ["", "**Budget:** some seeds never crossed within the paper's budget (2e6 noclamp, 3e5 clamped): "
+                + "; ".join(f"{r['clamp']} at {r['n_train_classes']} classes, {r['n_labels']} labels: "
+                            f"{int(r['n_never'])} of {int(r['n_seeds'] + r['n_never'])}" for _, r in short.iterrows())
+                + ". Their cells' means are over the seeds that crossed (a lower bound on the cell's time)."]
     if "noclamp" in effects and np.isfinite(effects["noclamp"][0]):
         label, klass = effects["noclamp"]
         out += ["", f"Unclamped, {lo} -> {hi} labels is {label:.2f}x here against the paper's {paper_label:.1f}x, and "
@@ -379,7 +395,7 @@ def analyze(runs: Path, workers: int, out: Path):
           for n, o in SWEEPS.items()),
         "```",
         "",
-        f"Made at commit {sha} on {dt.date.today().isoformat()}, on the development machine (2 CPU cores, no GPU), "
+        f"Page written at commit {sha} on {dt.date.today().isoformat()}, on the development machine (2 CPU cores, no GPU), "
         "with synthetic features (`ihmodel/features.py`; `icsweep features omniglot` makes the paper's own file). "
         "Phase change = the first evaluation (every 1e4 sequences) with `fsl_train` loss below 0.4 ln 2 = "
         f"{0.4 * LN2:.3f} nats; early stop changes no phase-change time (`docs/store.md`). Mean ± sem over the "
