@@ -92,11 +92,12 @@ def _store_sha(store: Path) -> str:
 
 
 def cost_line(c: dict, workers: int) -> str:
+    timing = (f"{c['wall_s'] / 60:.1f} min wall time on {workers} one-thread workers, {c['worker_s'] / 60:.1f} "
+              f"worker-minutes ({c['sequences'] / c['wall_s']:,.0f} sequences/s)" if np.isfinite(c["wall_s"])
+              else "no attempt records, so no times")
     return (f"{c['complete']} of {c['trials']} trials complete; {c['sequences']:,} sequences trained of a "
             f"{c['budget']:,} budget ({c['saved_percent']:.0f} % saved by early stop, {c['stopped_early']} trials "
-            f"stopped); {c['wall_s'] / 60:.1f} min wall time on {workers} one-thread workers, "
-            f"{c['worker_s'] / 60:.1f} worker-minutes ({c['sequences'] / c['wall_s']:,.0f} sequences/s); trained at "
-            f"commit {', '.join(c['commits']) or 'unknown'}")
+            f"stopped); {timing}; trained at commit {', '.join(c['commits']) or 'unknown'}")
 
 
 # ---- numbers --------------------------------------------------------------------------------------------------
