@@ -228,7 +228,7 @@ def fig5b_section(ds: xr.Dataset, table: pd.DataFrame, c: dict, workers: int, fi
     lines = [
         "## Fig 5b: which subcircuit, once clamped, removes the plateau (one layer-2 head active, 6e5 sequences)",
         "",
-        f"Seeds 5, 6, 7. Cost: {cost_line(c, workers)}.",
+        f"Seeds {', '.join(map(str, ds['seed'].values.tolist()))}. Cost: {cost_line(c, workers)}.",
         "",
         "| clamp set | phase change, mean ± sem (crossed/seeds) | final fsl_train loss, mean ± sem | paper (seed 5) |",
         "|---|---|---|---|",
@@ -289,7 +289,7 @@ def fig6_section(ds: xr.Dataset, table: pd.DataFrame, c: dict, workers: int, fig
     lines = [
         "## Fig 6: data dependence (one layer-2 head active; noclamp 2e6 sequences, clamped 3e5)",
         "",
-        f"Seeds 5, 6, 7. Cost: {cost_line(c, workers)}.",
+        f"Seeds {', '.join(map(str, ds['seed'].values.tolist()))}. Cost: {cost_line(c, workers)}.",
         "",
         "Phase change (sequences), mean ± sem over seeds (crossed/seeds), per train classes x labels:",
         "",
