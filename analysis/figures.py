@@ -132,6 +132,7 @@ def phase_change_vs_property(table: pd.DataFrame) -> dict[str, Figure]:
     for prop in properties:
         fig, axes = _grid(len(panels))
         others = [c for c in properties if c != prop]
+        never = []  # (axes, property values where no seed crossed, color): drawn at the top once the scale is set
         for ax, clamp in zip(axes.ravel(), panels):
             rows_of_clamp = table[table[clamp_col] == clamp] if clamp_col else table
             for i, (key, rows) in enumerate(rows_of_clamp.groupby(others, sort=True) if others
@@ -149,6 +150,7 @@ def phase_change_vs_property(table: pd.DataFrame) -> dict[str, Figure]:
                     ax.annotate(f"{row['n_seeds']}/{row['n_seeds'] + row['n_never']}",
                                 (row[prop], row["mean_sequences"]), textcoords="offset points", xytext=(4, -10),
                                 fontsize="x-small", color=color)
+                never.append((ax, rows[(rows["n_seeds"] == 0) & (rows["n_never"] > 0)][prop].tolist(), color))
             values = sorted(table[prop].unique())
             if min(values) > 0 and max(values) >= 4 * min(values):  # doublings (50, 100, 200) evenly spaced
                 ax.set_xscale("log")
@@ -169,8 +171,16 @@ def phase_change_vs_property(table: pd.DataFrame) -> dict[str, Figure]:
             for ax in axes.ravel():
                 ax.set_yscale("log")
                 ax.set_ylim(times.min() / 1.3, times.max() * 1.3)
+        for ax, values, color in never:
+            top = ax.get_ylim()[1]
+            ax.scatter(values, [top] * len(values), marker="^", s=60, facecolors="white", edgecolors=color,
+                       clip_on=False, zorder=3)
+            for value in values:
+                ax.annotate("never", (value, top), textcoords="offset points", xytext=(0, -12), ha="center",
+                            fontsize="x-small", color=color)
         fig.suptitle(f"phase change vs {prop} ({table.attrs.get('method', '')})")
-        fig.text(0.5, 0, "mean ± sem over the seeds that crossed; hollow: some seeds never did (crossed/all)",
+        fig.text(0.5, 0, "mean ± sem over the seeds that crossed; hollow: some seeds never did (crossed/all); "
+                 "triangle at the top: no seed crossed within the budget",
                  ha="center", va="top", fontsize="small", color="0.3")
         figures[prop] = fig
     return figures
@@ -202,7 +212,7 @@ def induction_heads(ds: xr.Dataset, cell: Mapping | None = None) -> Figure:
                    xlabel="training sequences", ylabel="induction score")
             _sequences_axis(ax)
             ax.legend(fontsize="x-small", ncol=2)
-    fig.suptitle(f"{name} per head ({_label(cell)})")
+    fig.suptitle(f"{name} per head" + (f" ({_label(cell)})" if _label(cell) else ""))
     return fig
 
 
