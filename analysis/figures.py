@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
 from analysis.phase import LN2
-from analysis.table import SEED_DIMS
+from analysis.table import COLUMNS, SEED_DIMS
 
 # Axis labels for the data properties a reader knows by name (others are labelled by their config key).
 PROPERTY_LABELS = {"n_labels": "labels", "n_train_classes": "train classes", "n_test_classes": "test classes",
@@ -123,8 +123,7 @@ def phase_change_vs_property(table: pd.DataFrame) -> dict[str, Figure]:
     """Fig 6 style: mean phase-change time (± sem over seeds) against each data property, a panel per clamp set
     and a line per value of the other data properties, on a log axis (times span decades). A point some seeds
     never reached is hollow and says how many of them did. Keyed by the property's name."""
-    groups = [c for c in table.columns if c not in
-              ("mean_sequences", "sem_sequences", "mean_step", "sem_step", "n_seeds", "n_never", "n_pending")]
+    groups = [c for c in table.columns if c not in COLUMNS]
     clamp_col = next((c for c in groups if c in ("clamp", "clamp_set")), None)
     properties = [c for c in groups if c != clamp_col]
     panels = list(dict.fromkeys(table[clamp_col])) if clamp_col else [None]
@@ -151,15 +150,7 @@ def phase_change_vs_property(table: pd.DataFrame) -> dict[str, Figure]:
                                 (row[prop], row["mean_sequences"]), textcoords="offset points", xytext=(4, -10),
                                 fontsize="x-small", color=color)
                 never.append((ax, rows[(rows["n_seeds"] == 0) & (rows["n_never"] > 0)][prop].tolist(), color))
-            values = sorted(table[prop].unique())
-            if min(values) > 0 and max(values) >= 4 * min(values):  # doublings (50, 100, 200) evenly spaced
-                ax.set_xscale("log")
-                ax.xaxis.set_minor_locator(NullLocator())
-                ax.set_xlim(min(values) / 1.25, max(values) * 1.25)
-            else:
-                margin = 0.08 * (max(values) - min(values) or 1)
-                ax.set_xlim(min(values) - margin, max(values) + margin)
-            ax.set_xticks(values, [f"{v:g}" for v in values])
+            _property_axis(ax, sorted(table[prop].unique()))
             ax.set(xlabel=f"{PROPERTY_LABELS.get(prop, prop)} ({prop})", ylabel="phase change (training sequences)",
                    title=str(clamp) if clamp else None)
             if others:
@@ -184,6 +175,19 @@ def phase_change_vs_property(table: pd.DataFrame) -> dict[str, Figure]:
                  ha="center", va="top", fontsize="small", color="0.3")
         figures[prop] = fig
     return figures
+
+
+def _property_axis(ax, values: list):
+    """An x axis with a tick at each of a property's values: logarithmic where they span doublings (50, 100, 200
+    evenly spaced), linear otherwise; the same limits on every panel, with or without points."""
+    if min(values) > 0 and max(values) >= 4 * min(values):
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xlim(min(values) / 1.25, max(values) * 1.25)
+    else:
+        margin = 0.08 * (max(values) - min(values) or 1)
+        ax.set_xlim(min(values) - margin, max(values) + margin)
+    ax.set_xticks(values, [f"{v:g}" for v in values])
 
 
 def induction_heads(ds: xr.Dataset, cell: Mapping | None = None) -> Figure:
@@ -216,6 +220,11 @@ def induction_heads(ds: xr.Dataset, cell: Mapping | None = None) -> Figure:
     return fig
 
 
+def write_figure(fig: Figure, path: Path):
+    """PNG or PDF by the suffix, at slide resolution, the notes under the panels included."""
+    fig.savefig(path, dpi=150, bbox_inches="tight")
+
+
 def save_figures(ds: xr.Dataset, table: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     """Every figure as PNG and PDF in `out_dir`; returns the paths written."""
     out_dir = Path(out_dir)
@@ -227,7 +236,6 @@ def save_figures(ds: xr.Dataset, table: pd.DataFrame, out_dir: str | Path) -> li
     written = []
     for stem, fig in figures.items():
         for suffix in ("png", "pdf"):
-            path = out_dir / f"{stem}.{suffix}"
-            fig.savefig(path, dpi=150, bbox_inches="tight")  # with the notes below the panels
-            written.append(path)
+            write_figure(fig, out_dir / f"{stem}.{suffix}")
+            written.append(out_dir / f"{stem}.{suffix}")
     return written

@@ -30,8 +30,10 @@ import xarray as xr
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout: `python docs/reproduce.py`
 
-from analysis import open_sweep, phase_change_table  # noqa: E402
-from analysis.figures import induction_heads, loss_curves, phase_change_vs_property  # noqa: E402
+from analysis import open_sweep, phase_change, phase_change_table  # noqa: E402
+from analysis.storeio import CorruptStoreError, read_info  # noqa: E402
+from analysis.figures import induction_heads, loss_curves, phase_change_vs_property, write_figure  # noqa: E402
+from orchestrator.status import counts, sweep_states, training_totals  # noqa: E402
 
 LN2 = math.log(2)
 SWEEPS = {
@@ -63,20 +65,20 @@ def run_sweeps(runs: Path, workers: int):
 # ---- what each sweep cost -------------------------------------------------------------------------------------
 
 def cost(sweep_dir: Path) -> dict:
-    """Sequences trained against budget (`icsweep status --json`), and time from each trial's attempt records
+    """Sequences trained against budget (what `icsweep status` reports), and time from each trial's attempt records
     (logs/<id>.attempts.jsonl): wall time from the first attempt's start to the last one's end, and the worker
     seconds that the packs' processes ran."""
-    status = json.loads(subprocess.run([str(ROOT / ".venv/bin/icsweep"), "status", str(sweep_dir), "--json"],
-                                       check=True, capture_output=True, text=True, cwd=ROOT).stdout)["totals"]
+    _, states = sweep_states(sweep_dir)
+    totals = training_totals(states)
     attempts = {}  # one record per process: each trial of a pack logs the pack's attempt
     for log in (sweep_dir / "logs").glob("*.attempts.jsonl"):
         for line in log.read_text().splitlines():
             record = json.loads(line)
             if "ended" in record:
                 attempts[(record.get("pack") or log.name, record["started"])] = record
-    return {"trials": status["trials"], "complete": status["states"]["complete"],
-            "sequences": status["sequences"], "budget": status["budget"],
-            "saved_percent": status["saved_percent"], "stopped_early": status["stopped_early"],
+    return {"trials": len(states), "complete": counts(states)["complete"],
+            "sequences": totals["sequences"], "budget": totals["budget"],
+            "saved_percent": totals["saved_percent"], "stopped_early": sum(t.stopped_early for t in states),
             "wall_s": (max(a["ended"] for a in attempts.values()) - min(a["started"] for a in attempts.values())
                        if attempts else float("nan")),
             "worker_s": sum(a["seconds"] for a in attempts.values()),
@@ -84,11 +86,12 @@ def cost(sweep_dir: Path) -> dict:
 
 
 def _store_sha(store: Path) -> str:
-    """The commit a trial's store was written at (its git_sha attribute), short."""
+    """The commit a trial's store was written at (its git_sha attribute), short; "" if unreadable."""
     try:
-        return json.loads((store / "zarr.json").read_text())["attributes"].get("git_sha", "")[:7]
-    except (OSError, ValueError, KeyError):
+        info = read_info(store)
+    except CorruptStoreError:
         return ""
+    return str(info.attrs.get("git_sha", ""))[:7] if info is not None else ""
 
 
 def cost_line(c: dict, workers: int) -> str:
@@ -154,15 +157,16 @@ def pm(values: np.ndarray, digits: int = 2) -> str:
 
 
 def save(fig, stem: str, figures: Path) -> str:
-    fig.savefig(figures / f"{stem}.png", dpi=150, bbox_inches="tight")
+    write_figure(fig, figures / f"{stem}.png")
     return f"figures/{stem}.png"
 
 
 # ---- the three sections ---------------------------------------------------------------------------------------
 
-def main_section(ds: xr.Dataset, table: pd.DataFrame, c: dict, workers: int, figures: Path) -> list[str]:
+def main_section(ds: xr.Dataset, pc: xr.Dataset, table: pd.DataFrame, c: dict, workers: int,
+                 figures: Path) -> list[str]:
     row = table.iloc[0]
-    crossings = _crossings(ds).sel(clamp=ds["clamp"].values[0])
+    crossings = pc["change_sequences"].sel(clamp=ds["clamp"].values[0])
     plateau = loss_at(ds, 1e5).values.ravel()
     end = final_loss(ds).values.ravel()
     last_score = last_value(ds["eval_induction_score"].sel(layer=1)).isel(clamp=0)  # (seed, head)
@@ -216,13 +220,8 @@ def main_verdict(crossings: np.ndarray, plateau: np.ndarray, head_means: np.ndar
     return out
 
 
-def _crossings(ds: xr.Dataset) -> xr.DataArray:
-    from analysis import phase_change
-
-    return phase_change(ds, "threshold")["change_sequences"]
-
-
-def fig5b_section(ds: xr.Dataset, table: pd.DataFrame, c: dict, workers: int, figures: Path) -> list[str]:
+def fig5b_section(ds: xr.Dataset, pc: xr.Dataset, table: pd.DataFrame, c: dict, workers: int,
+                  figures: Path) -> list[str]:
     end = final_loss(ds)
     rows = {r["clamp"]: r for _, r in table.iterrows()}
     lines = [
@@ -283,7 +282,8 @@ def fig5b_verdict(rows: dict, end: xr.DataArray) -> list[str]:
     return out + [""]
 
 
-def fig6_section(ds: xr.Dataset, table: pd.DataFrame, c: dict, workers: int, figures: Path) -> list[str]:
+def fig6_section(ds: xr.Dataset, pc: xr.Dataset, table: pd.DataFrame, c: dict, workers: int,
+                 figures: Path) -> list[str]:
     classes = ds["n_train_classes"].values.tolist()
     labels = ds["n_labels"].values.tolist()
     lines = [
@@ -298,8 +298,7 @@ def fig6_section(ds: xr.Dataset, table: pd.DataFrame, c: dict, workers: int, fig
     ]
     for clamp in ds["clamp"].values.tolist():
         for i, k in enumerate(classes):
-            cells = [mean_sem(table[(table.clamp == clamp) & (table.n_train_classes == k) & (table.n_labels == n)]
-                              .iloc[0]) for n in labels]
+            cells = [mean_sem(_row(table, clamp=clamp, n_train_classes=k, n_labels=n)) for n in labels]
             lines.append(f"| {clamp if i == 0 else ''} | {k} | " + " | ".join(cells) + " |")
     lines += ["", "Paper (one layer-2 head active, seed 5): labels 5 / 10 / 15 at about "
               + " / ".join(sci(v) for v in FIG6_PAPER_LABELS.values()) + " sequences; classes 50 at about "
@@ -310,11 +309,17 @@ def fig6_section(ds: xr.Dataset, table: pd.DataFrame, c: dict, workers: int, fig
     return lines
 
 
-def _mean(table: pd.DataFrame, **where) -> float:
+def _row(table: pd.DataFrame, **where) -> pd.Series | None:
+    """The table's row of one cell (None if the table has none)."""
     rows = table
     for key, value in where.items():
         rows = rows[rows[key] == value]
-    return float(rows["mean_sequences"].iloc[0]) if len(rows) else math.nan
+    return rows.iloc[0] if len(rows) else None
+
+
+def _mean(table: pd.DataFrame, **where) -> float:
+    row = _row(table, **where)
+    return float(row["mean_sequences"]) if row is not None else math.nan
 
 
 def fig6_verdict(table: pd.DataFrame, classes: list, labels: list) -> list[str]:
@@ -415,9 +420,10 @@ def analyze(runs: Path, workers: int, out: Path):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = open_sweep(runs / name)
-            table = phase_change_table(ds, "threshold")
+            pc = phase_change(ds, "threshold")
+            table = phase_change_table(pc)
         table.to_csv(figures / f"repro_{name}_phase_change.csv", index=False)
-        lines += section(ds, table, cost(runs / name), workers, figures)
+        lines += section(ds, pc, table, cost(runs / name), workers, figures)
     out.write_text("\n".join(lines).rstrip() + "\n")
     print(f"wrote {out}")
 

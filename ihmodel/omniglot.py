@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from ihmodel.errors import IcsweepError, one_line
+from ihmodel.train import resolve_device
 
 SETS = ("images_background", "images_evaluation")  # torchvision's background=True, then background=False
 SIZE = 224
@@ -208,25 +209,13 @@ def _offline(what: str, error: OSError) -> IcsweepError:
 
 # ---- the whole extraction -----------------------------------------------------------------------------------
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"--device {device!r}; choose auto, cpu, cuda or cuda:N") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: no CUDA device here; use --device cpu or auto")
-    return resolved
-
-
 def extract(out: Path, images: Path | None = None, weights: Path | None = None, exemplars: int = 5,
             seed: int = 0, device: str = "auto", batch_size: int = 64) -> Path:
     """Write the features file `out` (see the module docstring); returns its path."""
     torchvision = import_torchvision()
     if exemplars < 1 or batch_size < 1:
         raise ValueError(f"--exemplars {exemplars}, --batch-size {batch_size}: both must be at least 1")
-    target = resolve_device(device)
+    target = resolve_device(device, option="--device ")
     # Local inputs are checked before anything is downloaded, so their errors come first.
     picked = _pick(images, exemplars) if images is not None else None
     model = resnet18_features(read_weights(weights), f"weights file {weights}") if weights is not None else None

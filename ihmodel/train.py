@@ -31,12 +31,17 @@ from ihmodel.stopping import STOP_EVALUATOR, stop_index
 from ihmodel.store import StoreWriter, checkpoint_path, is_complete, resumable
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, option: str = "device=") -> torch.device:
+    """`name` (auto, cpu, cuda, cuda:N) as a torch device; `option` is how the user gave it, for the errors
+    (`device=` in a config, `--device ` on a command line)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"{option}{name}; choose auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name} but CUDA is not available here; use device=auto or device=cpu")
+        raise ValueError(f"{option}{name} but CUDA is not available here; use {option}auto or {option}cpu")
     return device
 
 
