@@ -159,7 +159,8 @@ def draw(distribution: Distribution, keys: Tensor, n: int, burstiness: int, feat
 class TrainingStream:
     """The training batches of K trials (a trial alone is K=1): batch number `step` of each trial's stream, drawn at
     once as [K, batch, ...] tensors x, context_labels, query_label, match. `draw` is one function of device tensors
-    (the seeds and a step counter), so a caller may compile it once for every step."""
+    (the seeds and a step counter, `at(step)`), so a caller may compile it, or a step that draws its own batch,
+    once for every step."""
 
     def __init__(self, distribution: Distribution, seeds: list[int], batch_size: int, burstiness: int,
                  features: Tensor):
@@ -169,8 +170,13 @@ class TrainingStream:
         self.counter = torch.zeros((), dtype=torch.int64, device=features.device)
 
     def __call__(self, step: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        self.counter.fill_(step)  # on the device: no host sync, and a compiled draw sees the same argument
-        return self.draw(self.seeds, self.counter)
+        return self.draw(*self.at(step))
+
+    def at(self, step: int) -> tuple[Tensor, Tensor]:
+        """The arguments of `draw` for batch `step`: the seeds and the counter, set on the device (no host sync, and
+        a compiled function sees the same two tensors every step)."""
+        self.counter.fill_(step)
+        return self.seeds, self.counter
 
     def draw(self, seeds: Tensor, counter: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         seqs = draw(self.distribution, counter_rng.stream_keys(seeds, counter), self.batch_size, self.burstiness,

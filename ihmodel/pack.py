@@ -182,10 +182,9 @@ class Pack:
         self.eval_rows = torch.stack([F.pad(r, (0, max(map(len, rows)) - len(r))) for r in rows])
         self.evaluations = [PackEvaluation(clamps, self.functional, config) for _, clamps in self.groups]
         self.pool = pool
-        self.forward = self.forward_all
+        self.forward = self.forward_step
         if self.train.compiled:
-            self.forward = compiled(self.forward_all, device)
-            self.stream.draw = compiled(self.stream.draw, device)
+            self.forward = compiled(self.forward_step, device)
             self.adam.update = compiled(self.adam.update, device)
             for evaluation in self.evaluations:
                 evaluation.chunk = compiled(evaluation.vmapped_chunk, device)
@@ -207,7 +206,7 @@ class Pack:
 
     def train_step(self):
         # every member's batch of this step from its own stream, drawn at once: [K, batch, ...]
-        loss, rows = self.forward(self.params.by_name(prefix="model."), *self.stream(self.step))
+        loss, rows = self.forward(self.params.by_name(prefix="model."), *self.stream.at(self.step))
         for tensor in self.params.tensors.values():
             tensor.grad = None
         loss.sum().backward()  # trial k's loss depends on trial k's parameters only: each gets its own gradient
@@ -267,6 +266,10 @@ class Pack:
                 member.error = error
 
     # ---- the batched computation -----------------------------------------------------------------------------
+    def forward_step(self, params: dict[str, Tensor], seeds: Tensor, counter: Tensor):
+        """`forward_all` on the step's batches, drawn (TrainingStream.at) in the same compiled graph."""
+        return self.forward_all(params, *self.stream.draw(seeds, counter))
+
     def forward_all(self, params: dict[str, Tensor], x: Tensor, context_labels: Tensor, query_label: Tensor,
                     match: Tensor):
         """Losses [K] and statistics rows [K, width] of every trial's training forward (its clamps on), from the
