@@ -13,7 +13,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from ihmodel.checkpoint import damage_phrase, load_checkpoint
 from ihmodel.errors import DamagedStoreError
 from ihmodel.integrity import store_damage
 from ihmodel.store import checkpoint_path, is_complete
@@ -26,6 +25,8 @@ def set_aside_damaged(store_path: str | Path) -> list[str]:
     trial = store.name.removesuffix(".zarr")
     state, ckpt_damage = None, None
     if ckpt.is_file():
+        from ihmodel.checkpoint import damage_phrase, load_checkpoint  # torch: only when there is one to read
+
         try:
             state = load_checkpoint(ckpt, map_location="cpu")
         except DamagedStoreError as error:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ihmodel.checkpoint import checkpoint_damage
 from ihmodel.integrity import store_damage
 from ihmodel.set_aside import set_aside_damaged
 from ihmodel.store import checkpoint_path
@@ -19,6 +18,8 @@ from orchestrator.trial import Member, _locks, trial_files
 
 def verify(sweep_dir: Path, out=None) -> int:
     """Print each damaged trial with what is damaged, then a summary; returns the number of damaged trials."""
+    from ihmodel.checkpoint import checkpoint_damage  # torch: here, so that `icsweep run` starts without it
+
     out = out or sys.stdout
     manifest = read_manifest(sweep_dir)
     stores = checkpoints = damaged = 0
