@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from baseline import REPO, export
 
 
 def measure(k: int, device_name: str) -> dict:
@@ -96,12 +96,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         codes = {"checkout": REPO}
         if args.baseline:
-            base = Path(tmp) / "baseline"
-            base.mkdir()
-            archive = subprocess.run(["git", "-C", str(REPO), "archive", args.baseline], capture_output=True,
-                                     check=True).stdout
-            subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
-            codes = {f"baseline {args.baseline}": base} | codes
+            codes = {f"baseline {args.baseline}": export(args.baseline, Path(tmp) / "baseline")} | codes
         print(f"device {args.device}; setting up a pack of the paper config, each K in a fresh process")
         print(f"{'code':>20} {'round':>5} {'K':>5} {'total s':>8} {'members s':>9} {'stores s':>8} "
               f"{'ms/trial':>8} {'workers':>7}")
