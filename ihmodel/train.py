@@ -156,10 +156,13 @@ class Trial:
 
     live = True  # a failing trial raises instead
 
-    def __init__(self, config: TrialConfig, store_path: Path):
+    def __init__(self, config: TrialConfig, store_path: Path, task: Task | None = None,
+                 store: TrialStore | None = None):
+        """`task` and `store`: the trial's Task and open TrialStore, when a pack already holds them (run_pack
+        trains a member left alone as a Trial)."""
         self.config = config
         self.device = resolve_device(config.device)
-        self.task = Task(config.data, self.device)
+        self.task = task or Task(config.data, self.device)
         self.model = Transformer(config.model, self.task.d_in, config.data.n_labels, self.task.n_ctx,
                                  seed=config.seed).to(self.device)
         self.clamps = ClampSet(config.clamp, self.model)  # every clamp is checked here, before any training
@@ -175,7 +178,7 @@ class Trial:
         if train.compiled:
             self.forward = compiled(self.forward_step, self.device)
             self.evaluation.chunk = compiled(self.evaluation.chunk_sums, self.device)
-        self.store = TrialStore(config, store_path)
+        self.store = store or TrialStore(config, store_path)
         self.step = 0
 
     @property
@@ -185,9 +188,13 @@ class Trial:
     def start_or_resume(self):
         state = self.store.resume(self.device)
         if state is not None:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.step = state["step"]
+            self.load(state, state["step"])
+
+    def load(self, state: dict, step: int):
+        """Go on from `state` (model and optimizer state_dicts, torch.optim.Adam's format) at `step`."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = step
 
     def train_step(self):
         loss, row = self.forward(*self.stream.at(self.step))

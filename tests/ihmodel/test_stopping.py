@@ -10,7 +10,7 @@ import pytest
 import xarray as xr
 import zarr
 
-from ihmodel import pack
+from ihmodel import pack, train
 from ihmodel.compose import compose_trial
 from ihmodel.config import TrainConfig, TrialConfig, trial_id
 from ihmodel.pack import run_pack
@@ -166,13 +166,19 @@ def test_a_pack_trains_only_its_members_that_have_not_stopped(tiny_trial, tmp_pa
     configs = [compose_trial(base + spec) for spec in PACKED]
     alone = [run_trial(c, tmp_path / f"alone{i}.zarr") for i, c in enumerate(configs)]
     trained: list[int] = []  # members trained at each step
-    train_step = pack.Pack.train_step
+    pack_step, trial_step = pack.Pack.train_step, train.Trial.train_step
 
-    def counting_step(self):
+    def counting_pack_step(self):
+        assert len(self.members) > 1  # a member with no pack mates left trains as a trial, faster
         trained.append(len(self.members))
-        train_step(self)
+        pack_step(self)
 
-    monkeypatch.setattr(pack.Pack, "train_step", counting_step)
+    def counting_trial_step(self):  # the last member, left alone, trains as a trial
+        trained.append(1)
+        trial_step(self)
+
+    monkeypatch.setattr(pack.Pack, "train_step", counting_pack_step)
+    monkeypatch.setattr(train.Trial, "train_step", counting_trial_step)
 
     errors = run_pack(configs, [tmp_path / f"p{i}.zarr" for i in range(3)])
 
