@@ -393,8 +393,8 @@ def run_pack(configs: list[TrialConfig], store_paths: list[str | Path],
 def train_alone(member: Member, progress: bool | None):
     """Train a member with no pack mates at its step as a trial (ihmodel.train.Trial), from its state and with its
     open store: a trial's step is about a fifth faster than a pack of one's, and its compiled code is a trial's,
-    which other trials of its config share, where a pack of one compiles a graph of its own (on CPU, cold, about
-    two minutes: a pack that shrinks as its members stop early used to compile it for its last member)."""
+    which other trials of its config share, where a pack of one compiles a graph of its own (a pack that shrinks
+    as its members stop early compiled it for its last member; what this saves: docs/performance.md)."""
     try:
         if isinstance(member.store.writer, PooledWriter):  # the pool has written everything queued (a flush ran it)
             member.store.writer = member.store.writer.local
